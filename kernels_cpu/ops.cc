@@ -1,0 +1,99 @@
+#include "kernels_cpu/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+
+namespace moex::kcpu {
+
+float Dot(const float* a, const float* b, int64_t n) {
+  // Eight partial sums let the compiler keep several vector accumulators in flight.
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = 0;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (float v : acc) s += v;
+  return s;
+}
+
+void MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, const float* x,
+            int64_t n_tokens, float* y) {
+  const TypeTraits& tt = GetTypeTraits(type);
+  const int64_t row_bytes = RowBytes(tt, cols);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  // Grain: enough rows per task that dequantising a row is amortised over the tokens.
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, cols / 64));
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, grain),
+                    [&](const tbb::blocked_range<int64_t>& r) {
+                      std::vector<float> row(cols);
+                      for (int64_t n = r.begin(); n < r.end(); ++n) {
+                        const float* wr;
+                        if (type == GgmlType::kF32) {
+                          wr = reinterpret_cast<const float*>(wb + n * row_bytes);
+                        } else {
+                          DequantizeRow(type, wb + n * row_bytes, row.data(), cols);
+                          wr = row.data();
+                        }
+                        for (int64_t t = 0; t < n_tokens; ++t) {
+                          y[t * rows + n] = Dot(wr, x + t * cols, cols);
+                        }
+                      }
+                    });
+}
+
+void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float scale = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * (w ? w[i] : 1.0f);
+}
+
+void Rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos,
+          float freq_base, bool neox) {
+  // theta_i = pos * base^(-2i/n_rot), as in RoFormer (Su et al. 2021) and llama.cpp.
+  const int64_t half = n_rot / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float theta =
+        static_cast<float>(pos) * std::pow(freq_base, -2.0f * static_cast<float>(i) / n_rot);
+    const float c = std::cos(theta), s = std::sin(theta);
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + h * head_dim;
+      const int64_t a = neox ? i : 2 * i;
+      const int64_t b = neox ? i + half : 2 * i + 1;
+      const float x0 = v[a], x1 = v[b];
+      v[a] = x0 * c - x1 * s;
+      v[b] = x0 * s + x1 * c;
+    }
+  }
+}
+
+void Softmax(float* x, int64_t n) {
+  float mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void SwiGlu(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void Axpy(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace moex::kcpu

@@ -1,0 +1,2 @@
+// Placeholder: replaced by the GGUF reader/writer.
+#include "runtime/core/gguf.h"

@@ -1,0 +1,62 @@
+#include "tests/test_util.h"
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+namespace moex::testing {
+
+std::string TestDataDir() {
+  if (const char* env = std::getenv("MOEX_TESTDATA")) return env;
+  struct stat st;
+  if (stat(MOEX_TESTDATA_DIR, &st) == 0 && S_ISDIR(st.st_mode)) return MOEX_TESTDATA_DIR;
+  return "";
+}
+
+std::string MakeTempDir() {
+  std::string tmpl = "/tmp/moex_test_XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) return "/tmp";
+  return tmpl;
+}
+
+std::string BinaryPath(const std::string& relative) {
+  return std::string(MOEX_BINARY_DIR) + "/" + relative;
+}
+
+bool ReadLogitsFile(const std::string& path, Logits* out, std::string* error) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    *error = "cannot open " + path;
+    return false;
+  }
+  f.read(reinterpret_cast<char*>(&out->n_tokens), 4);
+  f.read(reinterpret_cast<char*>(&out->n_vocab), 4);
+  if (!f || out->n_tokens <= 0 || out->n_vocab <= 0) {
+    *error = "bad header in " + path;
+    return false;
+  }
+  out->data.resize(static_cast<size_t>(out->n_tokens) * out->n_vocab);
+  f.read(reinterpret_cast<char*>(out->data.data()), out->data.size() * sizeof(float));
+  if (!f) {
+    *error = "truncated logits in " + path;
+    return false;
+  }
+  return true;
+}
+
+int RunCommand(const std::string& command, std::string* output) {
+  output->clear();
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return -1;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) output->append(buf.data(), n);
+  int rc = pclose(p);
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+}
+
+}  // namespace moex::testing
