@@ -1,0 +1,127 @@
+// moex: run Mixture-of-Experts language models from GGUF files.
+//
+//   auto model = moex::Model::Open("model.gguf", {});          // absl::StatusOr
+//   auto session = (*model)->NewSession({});
+//   auto out = (*session)->Generate(prompt_ids, {}, [](int32_t tok) { return true; });
+//
+// Thread-safety: a Model is immutable after Open and may be shared by any number of
+// threads and Sessions. A Session (one conversation: its KV cache and sampler state)
+// must be used by one thread at a time. Free functions are thread-safe.
+// Errors are absl::Status values; nothing here prints, exits or throws.
+#ifndef MOEX_MOEX_H_
+#define MOEX_MOEX_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "moex/info.h"
+
+namespace moex {
+
+struct ModelOptions {
+  // Worker threads for the CPU kernels; 0 = the machine's physical cores.
+  int threads = 0;
+};
+
+struct SessionOptions {
+  // Context size in tokens (prompt + generated); 0 = min(model's trained context, 4096).
+  int64_t context = 0;
+};
+
+struct SamplingOptions {
+  float temperature = 0.8f;  // <= 0: greedy (argmax)
+  int32_t top_k = 40;        // <= 0: off
+  float top_p = 0.95f;       // >= 1: off
+  float min_p = 0.05f;       // <= 0: off
+  float repeat_penalty = 1.0f;  // 1: off (llama.cpp's rule: divide positive logits, multiply negative)
+  int32_t repeat_last_n = 64;   // how many recent tokens the penalty looks at
+  uint64_t seed = 0;            // same seed, same model, same prompt: same tokens
+};
+
+struct GenerateOptions {
+  int32_t max_tokens = 128;
+  SamplingOptions sampling;
+  bool stop_at_eos = true;  // stop on the model's end-of-sequence token
+};
+
+// Timings of the last Generate() / Evaluate() call of a Session.
+struct Stats {
+  int64_t prompt_tokens = 0;
+  int64_t generated_tokens = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  double prefill_tps() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0; }
+  double decode_tps() const {
+    return decode_seconds > 0 ? generated_tokens / decode_seconds : 0;
+  }
+};
+
+// Called with each generated token; return false to stop generating (cancellation).
+using TokenCallback = std::function<bool(int32_t token)>;
+
+class Model;
+
+class Session {
+ public:
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Appends `tokens` to the conversation and returns their logits ([n][n_vocab]).
+  absl::StatusOr<std::vector<float>> Evaluate(std::span<const int32_t> tokens);
+
+  // Appends `prompt`, then samples up to max_tokens tokens, calling on_token (may be
+  // empty) for each. Returns the generated ids. Errors: token ids outside the
+  // vocabulary, or a context overflow (the message names the context size).
+  absl::StatusOr<std::vector<int32_t>> Generate(std::span<const int32_t> prompt,
+                                                const GenerateOptions& options,
+                                                const TokenCallback& on_token);
+
+  // Forgets the conversation (empties the KV cache).
+  void Reset();
+  int64_t position() const;  // tokens in the KV cache
+  int64_t context() const;
+  const Stats& stats() const;
+
+ private:
+  friend class Model;
+  struct Impl;
+  explicit Session(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class Model {
+ public:
+  // Maps and validates a GGUF model. Errors name the file and the key or tensor.
+  static absl::StatusOr<std::unique_ptr<Model>> Open(const std::string& path,
+                                                     const ModelOptions& options);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelInfo& info() const;
+  absl::StatusOr<std::unique_ptr<Session>> NewSession(const SessionOptions& options) const;
+
+  // Text of `tokens` with the model's vocabulary (SentencePiece "▁" and <0xNN> byte
+  // tokens, and GPT-2 byte-level pieces, are decoded). Unknown ids are skipped.
+  std::string Detokenize(std::span<const int32_t> tokens) const;
+
+ private:
+  friend class Session;
+  struct Impl;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The number of physical cores of this machine (hwloc), at least 1.
+int PhysicalCores();
+
+}  // namespace moex
+
+#endif  // MOEX_MOEX_H_

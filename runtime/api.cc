@@ -1,0 +1,189 @@
+// The public API (include/moex/moex.h) over the runtime's pieces.
+#include <hwloc.h>
+
+#include <chrono>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "cache/kv_cache.h"
+#include "moex/moex.h"
+#include "runtime/arch.h"
+#include "runtime/core/gguf.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/forward.h"
+#include "runtime/model_info.h"
+#include "runtime/model_weights.h"
+#include "runtime/sampler.h"
+#include "runtime/vocab.h"
+#include "tbb/task_arena.h"
+
+namespace moex {
+
+int PhysicalCores() {
+  static const int cores = [] {
+    hwloc_topology_t topo;
+    int n = 0;
+    if (hwloc_topology_init(&topo) == 0) {
+      if (hwloc_topology_load(topo) == 0) n = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+      hwloc_topology_destroy(topo);
+    }
+    return n > 0 ? n : 1;
+  }();
+  return cores;
+}
+
+struct Model::Impl {
+  std::unique_ptr<GgufFile> file;
+  ModelWeights weights;
+  Vocab vocab;
+  ModelInfo info;
+  // The model's own worker pool, so two models (or a host application's TBB use) do
+  // not fight over one global thread count.
+  std::unique_ptr<tbb::task_arena> arena;
+};
+
+struct Session::Impl {
+  const Model::Impl* model = nullptr;
+  std::unique_ptr<KvCache> kv;
+  std::unique_ptr<Forward> forward;
+  std::vector<int32_t> history;  // every token of the conversation, in order
+  int32_t pending = -1;          // sampled last, not yet in the KV cache
+  Stats stats;
+
+  absl::Status Feed(std::span<const int32_t> tokens, bool all_logits, std::vector<float>* logits);
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Open(const std::string& path,
+                                                   const ModelOptions& options) {
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("threads = ", options.threads, " < 0"));
+  }
+  auto impl = std::make_unique<Impl>();
+  MOEX_ASSIGN_OR_RETURN(impl->file, GgufFile::Open(path));
+  MOEX_ASSIGN_OR_RETURN(HParams hp, ReadHParams(*impl->file));
+  MOEX_ASSIGN_OR_RETURN(impl->weights, BindWeights(*impl->file, hp));
+  MOEX_ASSIGN_OR_RETURN(impl->vocab, Vocab::Load(*impl->file));
+  if (impl->vocab.size() > 0 && impl->vocab.size() != impl->weights.hp.n_vocab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": the tokenizer has ", impl->vocab.size(), " tokens but token_embd.weight has ",
+        impl->weights.hp.n_vocab, " rows"));
+  }
+  impl->info = MakeModelInfo(*impl->file, impl->weights);
+  impl->info.bos_token = impl->vocab.bos();
+  impl->info.eos_token = impl->vocab.eos();
+  impl->info.add_bos = impl->vocab.add_bos();
+  impl->arena = std::make_unique<tbb::task_arena>(options.threads > 0 ? options.threads
+                                                                      : PhysicalCores());
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+const ModelInfo& Model::info() const { return impl_->info; }
+
+std::string Model::Detokenize(std::span<const int32_t> tokens) const {
+  return impl_->vocab.Detokenize(tokens);
+}
+
+absl::StatusOr<std::unique_ptr<Session>> Model::NewSession(const SessionOptions& options) const {
+  const HParams& hp = impl_->weights.hp;
+  int64_t ctx = options.context > 0 ? options.context : std::min<int64_t>(hp.n_ctx_train, 4096);
+  if (ctx > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat("context ", ctx, " is beyond the limit 2^24"));
+  }
+  auto s = std::make_unique<Session::Impl>();
+  s->model = impl_.get();
+  MOEX_ASSIGN_OR_RETURN(s->kv, KvCache::Create(hp.n_layer, ctx, hp.kv_dim()));
+  s->forward = std::make_unique<Forward>(&impl_->weights, s->kv.get());
+  return std::unique_ptr<Session>(new Session(std::move(s)));
+}
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Session::~Session() = default;
+
+void Session::Reset() {
+  impl_->kv->Clear();
+  impl_->history.clear();
+  impl_->pending = -1;
+}
+int64_t Session::position() const { return impl_->kv->size(); }
+int64_t Session::context() const { return impl_->kv->capacity(); }
+const Stats& Session::stats() const { return impl_->stats; }
+
+namespace {
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+// The last token Generate() sampled is not in the KV cache yet (it had no need of
+// logits); the next call evaluates it in front of its own tokens.
+absl::Status Session::Impl::Feed(std::span<const int32_t> tokens, bool all_logits,
+                                 std::vector<float>* logits) {
+  std::vector<int32_t> batch;
+  if (pending >= 0) batch.push_back(pending);
+  batch.insert(batch.end(), tokens.begin(), tokens.end());
+  absl::Status st;
+  model->arena->execute([&] { st = forward->Eval(batch, all_logits, logits); });
+  MOEX_RETURN_IF_ERROR(st);
+  if (all_logits && pending >= 0) {
+    logits->erase(logits->begin(), logits->begin() + model->weights.hp.n_vocab);
+  }
+  pending = -1;
+  history.insert(history.end(), tokens.begin(), tokens.end());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> Session::Evaluate(std::span<const int32_t> tokens) {
+  if (tokens.empty()) return absl::InvalidArgumentError("no tokens to evaluate");
+  std::vector<float> logits;
+  const auto t0 = std::chrono::steady_clock::now();
+  MOEX_RETURN_IF_ERROR(impl_->Feed(tokens, true, &logits));
+  impl_->stats = Stats{};
+  impl_->stats.prompt_tokens = static_cast<int64_t>(tokens.size());
+  impl_->stats.prefill_seconds = SecondsSince(t0);
+  return logits;
+}
+
+absl::StatusOr<std::vector<int32_t>> Session::Generate(std::span<const int32_t> prompt,
+                                                       const GenerateOptions& options,
+                                                       const TokenCallback& on_token) {
+  Impl& s = *impl_;
+  if (prompt.empty()) return absl::InvalidArgumentError("Generate needs at least one prompt token");
+  if (options.max_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens = ", options.max_tokens, " < 0"));
+  }
+  // Check the whole request fits before doing any work: failing halfway would leave the
+  // user with a truncated answer.
+  MOEX_RETURN_IF_ERROR(s.kv->Reserve(static_cast<int64_t>(prompt.size()) + options.max_tokens +
+                                     (s.pending >= 0 ? 1 : 0)));
+  s.stats = Stats{};
+  Sampler sampler(options.sampling);
+  std::vector<int32_t> out;
+  std::vector<float> logits;
+  const auto t0 = std::chrono::steady_clock::now();
+  MOEX_RETURN_IF_ERROR(s.Feed(prompt, false, &logits));
+  s.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
+  s.stats.prefill_seconds = SecondsSince(t0);
+
+  const auto t1 = std::chrono::steady_clock::now();
+  const int32_t eos = s.model->info.eos_token;
+  for (int32_t i = 0; i < options.max_tokens; ++i) {
+    const int32_t tok = sampler.Sample(logits, s.history);
+    out.push_back(tok);
+    s.stats.generated_tokens = static_cast<int64_t>(out.size());
+    const bool keep_going = !on_token || on_token(tok);
+    if (!keep_going || (options.stop_at_eos && tok == eos) || i + 1 == options.max_tokens) {
+      s.pending = tok;
+      s.history.push_back(tok);
+      break;
+    }
+    const int32_t one[1] = {tok};
+    MOEX_RETURN_IF_ERROR(s.Feed(one, false, &logits));
+  }
+  s.stats.decode_seconds = SecondsSince(t1);
+  return out;
+}
+
+}  // namespace moex

@@ -1,0 +1,123 @@
+#include "runtime/forward.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels_cpu/attention.h"
+#include "kernels_cpu/ops.h"
+#include "runtime/core/status_macros.h"
+
+namespace moex {
+namespace {
+
+void AddBias(float* y, const std::vector<float>& b, int64_t n_tokens) {
+  if (b.empty()) return;
+  const int64_t n = static_cast<int64_t>(b.size());
+  for (int64_t t = 0; t < n_tokens; ++t) kcpu::Axpy(1.0f, b.data(), y + t * n, n);
+}
+
+// RMSNorm of n_tokens rows of `width` values, each split in groups of `group` values
+// normalised separately (group == width: the whole row).
+void NormRows(float* y, const std::vector<float>& w, int64_t n_tokens, int64_t width,
+              int64_t group, float eps) {
+  for (int64_t i = 0; i < n_tokens * width; i += group) {
+    kcpu::RmsNorm(y + i, w.data(), group, eps, y + i);
+  }
+}
+
+}  // namespace
+
+void Forward::Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, float* out) {
+  const HParams& hp = w_->hp;
+  const LayerWeights& l = w_->layers[il];
+  const int64_t Q = hp.q_dim(), KV = hp.kv_dim();
+  q_.resize(n * Q);
+  k_.resize(n * KV);
+  v_.resize(n * KV);
+  kcpu::MatMul(l.wq.type, l.wq.data, Q, hp.n_embd, cur, n, q_.data());
+  kcpu::MatMul(l.wk.type, l.wk.data, KV, hp.n_embd, cur, n, k_.data());
+  kcpu::MatMul(l.wv.type, l.wv.data, KV, hp.n_embd, cur, n, v_.data());
+  AddBias(q_.data(), l.bq, n);
+  AddBias(k_.data(), l.bk, n);
+  AddBias(v_.data(), l.bv, n);
+  if (!l.q_norm.empty()) {
+    const bool per_head = hp.arch->qk_norm == QkNorm::kPerHead;
+    NormRows(q_.data(), l.q_norm, n, Q, per_head ? hp.head_dim : Q, hp.rms_eps);
+    NormRows(k_.data(), l.k_norm, n, KV, per_head ? hp.head_dim : KV, hp.rms_eps);
+  }
+  const bool neox = hp.arch->rope == RopeStyle::kNeox;
+  float* kc = kv_->K(il);
+  float* vc = kv_->V(il);
+  for (int64_t t = 0; t < n; ++t) {
+    kcpu::Rope(q_.data() + t * Q, hp.n_head, hp.head_dim, hp.n_rot, pos0 + t, hp.rope_freq_base,
+               neox);
+    kcpu::Rope(k_.data() + t * KV, hp.n_head_kv, hp.head_dim, hp.n_rot, pos0 + t,
+               hp.rope_freq_base, neox);
+    std::copy_n(k_.data() + t * KV, KV, kc + (pos0 + t) * KV);
+    std::copy_n(v_.data() + t * KV, KV, vc + (pos0 + t) * KV);
+  }
+  kcpu::AttentionShape shape{hp.n_head, hp.n_head_kv, hp.head_dim,
+                             1.0f / std::sqrt(static_cast<float>(hp.head_dim))};
+  attn_.resize(n * Q);
+  kcpu::CausalAttention(shape, q_.data(), n, pos0, kc, vc, KV, attn_.data());
+  kcpu::MatMul(l.wo.type, l.wo.data, hp.n_embd, Q, attn_.data(), n, out);
+}
+
+absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
+                           std::vector<float>* logits) {
+  const HParams& hp = w_->hp;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return absl::InvalidArgumentError("no tokens to evaluate");
+  for (int64_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= hp.n_vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[t], " at index ", t,
+                                                     " is outside the vocabulary (0..",
+                                                     hp.n_vocab - 1, ")"));
+    }
+  }
+  MOEX_RETURN_IF_ERROR(kv_->Reserve(n));
+  const int64_t pos0 = kv_->size();
+  const int64_t E = hp.n_embd;
+
+  x_.resize(n * E);
+  const WeightMatrix& emb = w_->tok_embd;
+  for (int64_t t = 0; t < n; ++t) {
+    kcpu::DequantizeRow(emb.type, emb.data + tokens[t] * emb.row_bytes, x_.data() + t * E, E);
+  }
+  cur_.resize(n * E);
+  ffn_.resize(n * E);
+  for (int64_t il = 0; il < hp.n_layer; ++il) {
+    const LayerWeights& l = w_->layers[il];
+    for (int64_t t = 0; t < n; ++t) {
+      kcpu::RmsNorm(x_.data() + t * E, l.attn_norm.data(), E, hp.rms_eps, cur_.data() + t * E);
+    }
+    Attention(il, cur_.data(), n, pos0, ffn_.data());
+    kcpu::Axpy(1.0f, ffn_.data(), x_.data(), n * E);
+
+    for (int64_t t = 0; t < n; ++t) {
+      kcpu::RmsNorm(x_.data() + t * E, l.ffn_norm.data(), E, hp.rms_eps, cur_.data() + t * E);
+    }
+    if (hp.is_moe()) {
+      Route(l.moe, RouterConfig{hp.n_expert_used, hp.arch->norm_topk}, cur_.data(), n, &routing_);
+      if (observer_) observer_(il, routing_, pos0);
+      MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data());
+    } else {
+      DenseFfn(l.ffn_gate, l.ffn_up, l.ffn_down, cur_.data(), n, ffn_.data());
+    }
+    kcpu::Axpy(1.0f, ffn_.data(), x_.data(), n * E);
+  }
+  kv_->Advance(n);
+
+  const int64_t first = all_logits ? 0 : n - 1;
+  const int64_t n_out = n - first;
+  for (int64_t t = first; t < n; ++t) {
+    kcpu::RmsNorm(x_.data() + t * E, w_->output_norm.data(), E, hp.rms_eps,
+                  cur_.data() + (t - first) * E);
+  }
+  logits->resize(n_out * hp.n_vocab);
+  const WeightMatrix& out = w_->output;
+  kcpu::MatMul(out.type, out.data, hp.n_vocab, E, cur_.data(), n_out, logits->data());
+  return absl::OkStatus();
+}
+
+}  // namespace moex

@@ -1,0 +1,161 @@
+#include "tools/args.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+
+namespace moex::cli {
+namespace {
+
+const std::map<std::string, std::string>& ShortFlags() {
+  static const auto* m = new std::map<std::string, std::string>{
+      {"m", "model"}, {"p", "prompt"}, {"n", "n-predict"}, {"t", "threads"},
+      {"c", "ctx-size"}, {"o", "output"}, {"s", "seed"}};
+  return *m;
+}
+
+}  // namespace
+
+bool Args::Parse(int argc, char** argv, const std::set<std::string>& flags,
+                 const std::set<std::string>& switches, std::string* error) {
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.size() < 2 || a[0] != '-' || (a[1] >= '0' && a[1] <= '9')) {
+      positionals_.push_back(a);
+      continue;
+    }
+    std::string name, value;
+    bool has_value = false;
+    if (a[1] == '-') {
+      name = a.substr(2);
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+        has_value = true;
+      }
+    } else {
+      auto it = ShortFlags().find(a.substr(1));
+      if (it == ShortFlags().end()) {
+        *error = "unknown flag " + a;
+        return false;
+      }
+      name = it->second;
+    }
+    if (!flags.count(name) && !switches.count(name)) {
+      *error = "unknown flag " + a;
+      return false;
+    }
+    if (switches.count(name)) {
+      values_[name] = has_value ? value : "true";
+      continue;
+    }
+    if (!has_value) {
+      if (i + 1 >= argc) {
+        *error = "flag " + a + " needs a value";
+        return false;
+      }
+      value = argv[++i];
+    }
+    values_[name] = value;
+  }
+  return true;
+}
+
+std::string Args::Str(const std::string& name, const std::string& fallback) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? fallback : it->second;
+}
+
+int64_t Args::Int(const std::string& name, int64_t fallback, std::string* error) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(it->second.c_str(), &end, 10);
+  if (errno != 0 || end == it->second.c_str() || *end != '\0') {
+    *error = "--" + name + " expects an integer, got '" + it->second + "'";
+    return fallback;
+  }
+  return v;
+}
+
+double Args::Float(const std::string& name, double fallback, std::string* error) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(it->second.c_str(), &end);
+  if (errno != 0 || end == it->second.c_str() || *end != '\0') {
+    *error = "--" + name + " expects a number, got '" + it->second + "'";
+    return fallback;
+  }
+  return v;
+}
+
+bool ParseIdList(const std::string& s, std::vector<int32_t>* out) {
+  out->clear();
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find_first_of(", ", i);
+    if (j == std::string::npos) j = s.size();
+    if (j > i) {
+      const std::string tok = s.substr(i, j - i);
+      char* end = nullptr;
+      errno = 0;
+      const long v = std::strtol(tok.c_str(), &end, 10);
+      if (errno != 0 || *end != '\0' || v < INT32_MIN || v > INT32_MAX) return false;
+      out->push_back(static_cast<int32_t>(v));
+    }
+    i = j + 1;
+  }
+  return !out->empty();
+}
+
+namespace {
+// Length of the valid UTF-8 sequence at s[i], or 0 when it is not valid.
+size_t Utf8Length(const std::string& s, size_t i) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  if (len == 0 || i + len > s.size()) return 0;
+  for (size_t k = 1; k < len; ++k) {
+    if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return 0;
+  }
+  return len;
+}
+}  // namespace
+
+std::string JsonString(const std::string& s) {
+  std::string o = "\"";
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      // Model output may hold partial UTF-8 (byte tokens); JSON must stay valid.
+      const size_t len = Utf8Length(s, i);
+      if (len == 0) {
+        o += "\\ufffd";
+      } else {
+        o.append(s, i, len);
+        i += len - 1;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"': o += "\\\""; break;
+      case '\\': o += "\\\\"; break;
+      case '\n': o += "\\n"; break;
+      case '\r': o += "\\r"; break;
+      case '\t': o += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          o += buf;
+        } else {
+          o.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  return o + "\"";
+}
+
+}  // namespace moex::cli

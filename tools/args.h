@@ -1,0 +1,42 @@
+// Command-line flags for the `moex` subcommands: `--name value`, `--name=value`, short
+// aliases (-m, -p, -n, -t, -c, -o), bare positionals. Unknown flags are errors, so a typo
+// never silently falls back to a default.
+#ifndef MOEX_TOOLS_ARGS_H_
+#define MOEX_TOOLS_ARGS_H_
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace moex::cli {
+
+class Args {
+ public:
+  // `flags`: accepted long names (without dashes); `switches`: those that take no value.
+  // Returns false and sets *error on an unknown flag or a missing value.
+  bool Parse(int argc, char** argv, const std::set<std::string>& flags,
+             const std::set<std::string>& switches, std::string* error);
+
+  bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  std::string Str(const std::string& name, const std::string& fallback = "") const;
+  // Numbers: *error is set (and fallback returned) when the value does not parse.
+  int64_t Int(const std::string& name, int64_t fallback, std::string* error) const;
+  double Float(const std::string& name, double fallback, std::string* error) const;
+  const std::vector<std::string>& positionals() const { return positionals_; }
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positionals_;
+};
+
+// "1,2,3" -> ids; false on a malformed list.
+bool ParseIdList(const std::string& s, std::vector<int32_t>* out);
+
+// Minimal JSON writing for --json output.
+std::string JsonString(const std::string& s);
+
+}  // namespace moex::cli
+
+#endif  // MOEX_TOOLS_ARGS_H_

@@ -1,0 +1,185 @@
+// moex run / moex logits: evaluate and generate on the CPU.
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "moex/moex.h"
+#include "tools/args.h"
+#include "tools/commands.h"
+
+namespace moex::cli {
+namespace {
+
+constexpr char kRunHelp[] =
+    "usage: moex run -m MODEL --tokens IDS [-n N] [flags]\n"
+    "  --tokens 1,2,3   prompt token ids (a BOS is not added)\n"
+    "  -n N             tokens to generate                   (default 32)\n"
+    "  -c N             context size                         (default min(trained, 4096))\n"
+    "  -t N             threads                              (default: physical cores)\n"
+    "  --temp X --top-k N --top-p X --min-p X --repeat-penalty X --repeat-last-n N --seed N\n"
+    "                   sampling (defaults 0.8 40 0.95 0.05 1.0 64 0; --temp 0 = greedy)\n"
+    "  --ignore-eos     keep going past the end-of-sequence token\n"
+    "  --json           one JSON object on stdout: tokens, text, prefill_tps, decode_tps, ...\n";
+
+constexpr char kLogitsHelp[] =
+    "usage: moex logits -m MODEL --tokens 1,2,3 --out FILE [-t N]\n"
+    "  Writes the logits of every position: int32 n_tokens, int32 n_vocab,\n"
+    "  float32[n_tokens][n_vocab] (little-endian).\n";
+
+int Fail(const char* cmd, const std::string& msg) {
+  std::fprintf(stderr, "moex %s: %s\n", cmd, msg.c_str());
+  return 1;
+}
+
+// Opens the model named by -m with -t threads; prints the error and returns null.
+std::unique_ptr<Model> OpenModel(const char* cmd, const Args& a, std::string* err) {
+  ModelOptions mo;
+  mo.threads = static_cast<int>(a.Int("threads", 0, err));
+  const std::string path = a.Str("model");
+  if (path.empty()) {
+    *err = "no model file given (-m MODEL.gguf)";
+    return nullptr;
+  }
+  if (!err->empty()) return nullptr;
+  absl::StatusOr<std::unique_ptr<Model>> m = Model::Open(path, mo);
+  if (!m.ok()) {
+    *err = std::string(m.status().message());
+    return nullptr;
+  }
+  return std::move(*m);
+}
+
+}  // namespace
+
+int CmdLogits(int argc, char** argv) {
+  Args a;
+  std::string err;
+  if (!a.Parse(argc, argv, {"model", "tokens", "out", "output", "threads", "ctx-size"}, {"help"},
+               &err)) {
+    std::fprintf(stderr, "moex logits: %s\n%s", err.c_str(), kLogitsHelp);
+    return 2;
+  }
+  if (a.Has("help")) {
+    std::fputs(kLogitsHelp, stdout);
+    return 0;
+  }
+  std::vector<int32_t> ids;
+  if (!ParseIdList(a.Str("tokens"), &ids)) {
+    std::fprintf(stderr, "moex logits: --tokens needs a comma-separated list of ids\n");
+    return 2;
+  }
+  const std::string out = a.Has("out") ? a.Str("out") : a.Str("output");
+  if (out.empty()) {
+    std::fprintf(stderr, "moex logits: no output file (--out FILE)\n");
+    return 2;
+  }
+  std::unique_ptr<Model> model = OpenModel("logits", a, &err);
+  if (!model) return Fail("logits", err);
+  SessionOptions so;
+  so.context = std::max<int64_t>(a.Int("ctx-size", 0, &err), static_cast<int64_t>(ids.size()));
+  absl::StatusOr<std::unique_ptr<Session>> session = model->NewSession(so);
+  if (!session.ok()) return Fail("logits", std::string(session.status().message()));
+  absl::StatusOr<std::vector<float>> logits = (*session)->Evaluate(ids);
+  if (!logits.ok()) return Fail("logits", std::string(logits.status().message()));
+
+  const std::string tmp = out + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) return Fail("logits", absl::StrCat("cannot write ", out));
+  const int32_t header[2] = {static_cast<int32_t>(ids.size()),
+                             static_cast<int32_t>(model->info().n_vocab)};
+  bool ok = std::fwrite(header, sizeof(header), 1, f) == 1 &&
+            std::fwrite(logits->data(), sizeof(float), logits->size(), f) == logits->size();
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), out.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return Fail("logits", absl::StrCat("cannot write ", out, " (disk full?)"));
+  }
+  std::fprintf(stderr, "moex logits: %zu positions x %lld logits -> %s (%.1f tokens/s)\n",
+               ids.size(), static_cast<long long>(model->info().n_vocab), out.c_str(),
+               (*session)->stats().prefill_tps());
+  return 0;
+}
+
+int CmdRun(int argc, char** argv) {
+  Args a;
+  std::string err;
+  if (!a.Parse(argc, argv,
+               {"model", "tokens", "prompt", "n-predict", "threads", "ctx-size", "temp", "top-k",
+                "top-p", "min-p", "repeat-penalty", "repeat-last-n", "seed"},
+               {"help", "json", "ignore-eos"}, &err)) {
+    std::fprintf(stderr, "moex run: %s\n%s", err.c_str(), kRunHelp);
+    return 2;
+  }
+  if (a.Has("help")) {
+    std::fputs(kRunHelp, stdout);
+    return 0;
+  }
+  if (a.Has("prompt")) {
+    std::fprintf(stderr, "moex run: text prompts (-p) need the tokenizer, which is not built yet; "
+                         "give token ids with --tokens\n");
+    return 2;
+  }
+  std::vector<int32_t> ids;
+  if (!ParseIdList(a.Str("tokens"), &ids)) {
+    std::fprintf(stderr, "moex run: --tokens needs a comma-separated list of ids\n%s", kRunHelp);
+    return 2;
+  }
+  GenerateOptions go;
+  go.max_tokens = static_cast<int32_t>(a.Int("n-predict", 32, &err));
+  go.stop_at_eos = !a.Has("ignore-eos");
+  SamplingOptions& sp = go.sampling;
+  sp.temperature = static_cast<float>(a.Float("temp", sp.temperature, &err));
+  sp.top_k = static_cast<int32_t>(a.Int("top-k", sp.top_k, &err));
+  sp.top_p = static_cast<float>(a.Float("top-p", sp.top_p, &err));
+  sp.min_p = static_cast<float>(a.Float("min-p", sp.min_p, &err));
+  sp.repeat_penalty = static_cast<float>(a.Float("repeat-penalty", sp.repeat_penalty, &err));
+  sp.repeat_last_n = static_cast<int32_t>(a.Int("repeat-last-n", sp.repeat_last_n, &err));
+  sp.seed = static_cast<uint64_t>(a.Int("seed", 0, &err));
+  SessionOptions so;
+  so.context = a.Int("ctx-size", 0, &err);
+  if (!err.empty()) {
+    std::fprintf(stderr, "moex run: %s\n", err.c_str());
+    return 2;
+  }
+  std::unique_ptr<Model> model = OpenModel("run", a, &err);
+  if (!model) return Fail("run", err);
+  absl::StatusOr<std::unique_ptr<Session>> session = model->NewSession(so);
+  if (!session.ok()) return Fail("run", std::string(session.status().message()));
+
+  const bool json = a.Has("json");
+  const Model& m = *model;
+  // Human mode streams the text as it comes; bytes of a split UTF-8 character simply
+  // arrive one token later.
+  absl::StatusOr<std::vector<int32_t>> out =
+      (*session)->Generate(ids, go, [&](int32_t tok) {
+        if (!json) {
+          const int32_t one[1] = {tok};
+          std::fputs(m.Detokenize(one).c_str(), stdout);
+          std::fflush(stdout);
+        }
+        return true;
+      });
+  if (!out.ok()) return Fail("run", std::string(out.status().message()));
+  const Stats& st = (*session)->stats();
+  if (json) {
+    std::printf("{\"model\":%s,\"prompt_tokens\":%lld,\"tokens\":[%s],\"text\":%s,"
+                "\"generated_tokens\":%lld,\"prefill_seconds\":%.6f,\"decode_seconds\":%.6f,"
+                "\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"threads\":%d}\n",
+                JsonString(m.info().path).c_str(), static_cast<long long>(st.prompt_tokens),
+                absl::StrJoin(*out, ",").c_str(), JsonString(m.Detokenize(*out)).c_str(),
+                static_cast<long long>(st.generated_tokens), st.prefill_seconds,
+                st.decode_seconds, st.prefill_tps(), st.decode_tps(),
+                static_cast<int>(a.Int("threads", PhysicalCores(), &err)));
+  } else {
+    std::printf("\n");
+    std::fprintf(stderr, "moex run: prompt %lld tokens at %.1f tokens/s, generated %lld at %.1f tokens/s\n",
+                 static_cast<long long>(st.prompt_tokens), st.prefill_tps(),
+                 static_cast<long long>(st.generated_tokens), st.decode_tps());
+  }
+  return 0;
+}
+
+}  // namespace moex::cli

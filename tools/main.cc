@@ -1,0 +1,38 @@
+// moex: the command-line tool. Built on the public API (include/moex) only.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "tools/commands.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: moex <command> [flags]\n"
+    "\n"
+    "commands:\n"
+    "  inspect MODEL [--json] [--tensors]       metadata, tensors, types, sizes, per-expert bytes\n"
+    "  gen --arch ARCH --type TYPE -o OUT.gguf [shape flags] [--vocab VOCAB.gguf] [--seed N]\n"
+    "                                           write a model with random weights\n"
+    "  logits -m MODEL --tokens 1,2,3 --out FILE  logits of every position (binary)\n"
+    "  run -m MODEL --tokens IDS -n N [sampling flags] [--json]\n"
+    "                                           generate; prints text and tokens/s\n"
+    "\n"
+    "Run `moex <command> --help` for the flags of one command.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "inspect") return moex::cli::CmdInspect(argc - 2, argv + 2);
+  if (cmd == "gen") return moex::cli::CmdGen(argc - 2, argv + 2);
+  if (cmd == "logits") return moex::cli::CmdLogits(argc - 2, argv + 2);
+  if (cmd == "run") return moex::cli::CmdRun(argc - 2, argv + 2);
+  std::fprintf(stderr, "moex: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+  return 2;
+}
