@@ -107,8 +107,17 @@ void AddByteVocab(GgufWriter* w, int64_t n_vocab) {
   }
   add("\xE2\x96\x81", -1, 1);  // "▁", the space
   for (int c = '!'; c <= '~'; ++c) add(std::string(1, static_cast<char>(c)), -2, 1);
-  for (int64_t i = static_cast<int64_t>(tokens.size()); i < n_vocab; ++i) {
-    add(absl::StrCat("<extra_", i, ">"), -1e9f, 5);
+  // The rest: word-like pieces ("▁ka", "▁kamo", ...) built from syllables, so that a
+  // random model's output reads as pseudo-words rather than stray bytes.
+  static constexpr const char* kSyl[] = {"ka", "mo", "ri", "ne", "su", "ta", "lo", "vi",
+                                         "de", "pa", "zu", "ho", "me", "ni", "ro", "sa"};
+  for (int64_t i = static_cast<int64_t>(tokens.size()), j = 0; i < n_vocab; ++i, ++j) {
+    std::string piece = "\xE2\x96\x81";
+    for (int64_t k = j; ; k = k / 16 - 1) {
+      piece += kSyl[k % 16];
+      if (k < 16) break;
+    }
+    add(piece, -3.0f - static_cast<float>(j) / n_vocab, 1);
   }
   tokens.resize(n_vocab);
   scores.resize(n_vocab);

@@ -1,0 +1,258 @@
+// The public API end to end on synthetic models of every architecture and weight type:
+// they load, compute finite logits, decode incrementally exactly as they prefill, and
+// quantised models stay close to the F32 model they were quantised from.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "moex/info.h"
+#include "moex/moex.h"
+#include "tests/test_util.h"
+
+namespace moex {
+namespace {
+
+SyntheticModelSpec SmallSpec(const std::string& arch, const std::string& type) {
+  SyntheticModelSpec s;
+  s.arch = arch;
+  s.type = type;
+  s.hidden = 256;  // one k-quant super-block per row
+  s.layers = 2;
+  s.heads = 4;
+  s.kv_heads = 2;
+  s.experts = arch == "llama" ? 4 : 6;
+  s.top_k = 2;
+  s.ffn = 256;
+  s.vocab_size = 600;
+  s.seed = 42;
+  return s;
+}
+
+std::unique_ptr<Model> MakeModel(const SyntheticModelSpec& s, const std::string& dir) {
+  const std::string path = dir + "/" + s.arch + "-" + s.type + ".gguf";
+  absl::Status st = WriteSyntheticModel(s, path);
+  EXPECT_TRUE(st.ok()) << st;
+  auto m = Model::Open(path, {});
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? std::move(*m) : nullptr;
+}
+
+std::vector<float> Logits(Model& m, const std::vector<int32_t>& ids) {
+  auto s = m.NewSession({});
+  EXPECT_TRUE(s.ok());
+  auto l = (*s)->Evaluate(ids);
+  EXPECT_TRUE(l.ok()) << l.status();
+  return l.ok() ? *l : std::vector<float>{};
+}
+
+double RelError(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, n = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    d += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    n += double{b[i]} * b[i];
+  }
+  return std::sqrt(d / n);
+}
+
+const std::vector<int32_t> kPrompt = {1, 17, 300, 42, 599, 5, 77};
+
+struct TypeCase {
+  const char* type;
+  double max_rel_error_vs_f32;  // quantisation error budget of the whole forward pass
+};
+
+class ArchTypeTest
+    : public ::testing::TestWithParam<std::tuple<const char*, TypeCase>> {};
+
+TEST_P(ArchTypeTest, QuantisedModelTracksItsF32Original) {
+  const auto [arch, tc] = GetParam();
+  const std::string dir = testing::MakeTempDir();
+  auto f32 = MakeModel(SmallSpec(arch, "f32"), dir);
+  auto q = MakeModel(SmallSpec(arch, tc.type), dir);
+  ASSERT_TRUE(f32 && q);
+  EXPECT_EQ(q->info().architecture, arch);
+  const std::vector<float> a = Logits(*q, kPrompt), b = Logits(*f32, kPrompt);
+  ASSERT_EQ(a.size(), kPrompt.size() * 600);
+  for (float v : a) ASSERT_TRUE(std::isfinite(v));
+  const double rel = RelError(a, b);
+  RecordProperty("rel_error_vs_f32", std::to_string(rel));
+  EXPECT_LE(rel, tc.max_rel_error_vs_f32);
+  // Not trivially equal either: the type must really have changed the weights.
+  if (std::string(tc.type) != "f32") EXPECT_GT(rel, 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, ArchTypeTest,
+    ::testing::Combine(::testing::Values("llama", "qwen2moe", "qwen3moe", "olmoe"),
+                       // Per-weight errors add up over ~10 matrices and a flipped
+                       // expert choice moves a token's logits a lot, so the budget is a
+                       // few times the per-weight error (quant_test.cc); a broken
+                       // quantiser gives uncorrelated logits, a relative error near 1.4.
+                       ::testing::Values(TypeCase{"f16", 0.002}, TypeCase{"bf16", 0.02},
+                                         TypeCase{"q8_0", 0.03}, TypeCase{"q5_0", 0.3},
+                                         TypeCase{"q5_1", 0.3}, TypeCase{"q4_0", 0.45},
+                                         TypeCase{"q4_1", 0.45}, TypeCase{"q6_K", 0.2},
+                                         TypeCase{"q5_K", 0.3}, TypeCase{"q4_K", 0.45},
+                                         TypeCase{"q4_k_m", 0.4}, TypeCase{"q5_k_m", 0.3})),
+    [](const auto& info) {
+      return std::string(std::get<0>(info.param)) + "_" + std::get<1>(info.param).type;
+    });
+
+class ArchTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ArchTest, DecodingOneTokenAtATimeEqualsPrefill) {
+  auto m = MakeModel(SmallSpec(GetParam(), "q8_0"), testing::MakeTempDir());
+  ASSERT_TRUE(m);
+  const std::vector<float> all = Logits(*m, kPrompt);
+  auto s = m->NewSession({});
+  ASSERT_TRUE(s.ok());
+  const int64_t V = m->info().n_vocab;
+  for (size_t t = 0; t < kPrompt.size(); ++t) {
+    auto l = (*s)->Evaluate({&kPrompt[t], 1});
+    ASSERT_TRUE(l.ok()) << l.status();
+    ASSERT_EQ(static_cast<int64_t>(l->size()), V);
+    const std::vector<float> ref(all.begin() + t * V, all.begin() + (t + 1) * V);
+    EXPECT_LT(RelError(*l, ref), 1e-5) << "position " << t;
+  }
+  EXPECT_EQ((*s)->position(), static_cast<int64_t>(kPrompt.size()));
+}
+
+TEST_P(ArchTest, GreedyGenerationFollowsArgmaxAndSeedsRepeat) {
+  auto m = MakeModel(SmallSpec(GetParam(), "q4_k_m"), testing::MakeTempDir());
+  ASSERT_TRUE(m);
+  GenerateOptions g;
+  g.max_tokens = 6;
+  g.stop_at_eos = false;
+  g.sampling.temperature = 0;
+  auto s = m->NewSession({});
+  ASSERT_TRUE(s.ok());
+  auto greedy = (*s)->Generate(kPrompt, g, {});
+  ASSERT_TRUE(greedy.ok()) << greedy.status();
+  ASSERT_EQ(greedy->size(), 6u);
+  // Each greedy token is the argmax of the logits of the sequence before it.
+  std::vector<int32_t> seq = kPrompt;
+  for (int32_t tok : *greedy) {
+    const std::vector<float> l = Logits(*m, seq);
+    const int64_t V = m->info().n_vocab;
+    const auto last = l.end() - V;
+    EXPECT_EQ(tok, std::max_element(last, l.end()) - last);
+    seq.push_back(tok);
+  }
+  g.sampling.temperature = 1.0f;
+  g.sampling.seed = 7;
+  auto s1 = m->NewSession({});
+  auto s2 = m->NewSession({});
+  auto a = (*s1)->Generate(kPrompt, g, {});
+  auto b = (*s2)->Generate(kPrompt, g, {});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ArchTest, ::testing::Values("llama", "qwen2moe", "qwen3moe", "olmoe"));
+
+class SessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = MakeModel(SmallSpec("qwen3moe", "q8_0"), testing::MakeTempDir());
+    ASSERT_TRUE(model_);
+  }
+  std::unique_ptr<Model> model_;
+};
+
+TEST_F(SessionTest, CallbackReturningFalseCancels) {
+  auto s = model_->NewSession({});
+  ASSERT_TRUE(s.ok());
+  GenerateOptions g;
+  g.max_tokens = 50;
+  g.stop_at_eos = false;
+  int calls = 0;
+  auto out = (*s)->Generate(kPrompt, g, [&](int32_t) { return ++calls < 3; });
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(out->size(), 3u);
+}
+
+TEST_F(SessionTest, ContextOverflowIsAnErrorBeforeAnyWork) {
+  SessionOptions so;
+  so.context = 10;
+  auto s = model_->NewSession(so);
+  ASSERT_TRUE(s.ok());
+  GenerateOptions g;
+  g.max_tokens = 5;
+  auto out = (*s)->Generate(kPrompt, g, {});
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(out.status().message().find("context"), std::string::npos) << out.status();
+  EXPECT_EQ((*s)->position(), 0);
+}
+
+TEST_F(SessionTest, TokenOutsideVocabularyIsRejected) {
+  auto s = model_->NewSession({});
+  ASSERT_TRUE(s.ok());
+  const std::vector<int32_t> bad = {1, 600};
+  auto out = (*s)->Evaluate(bad);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(out.status().message().find("600"), std::string::npos);
+  EXPECT_EQ((*s)->position(), 0);
+}
+
+TEST_F(SessionTest, ResetForgetsTheConversation) {
+  auto s = model_->NewSession({});
+  ASSERT_TRUE(s.ok());
+  auto first = (*s)->Evaluate(kPrompt);
+  ASSERT_TRUE(first.ok());
+  (*s)->Reset();
+  EXPECT_EQ((*s)->position(), 0);
+  auto again = (*s)->Evaluate(kPrompt);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*first, *again);
+}
+
+TEST_F(SessionTest, ConversationContinuesAfterGenerate) {
+  // Generate, then evaluate more: the last sampled token must enter the cache first,
+  // so the logits equal a fresh evaluation of the whole sequence.
+  auto s = model_->NewSession({});
+  GenerateOptions g;
+  g.max_tokens = 3;
+  g.stop_at_eos = false;
+  g.sampling.temperature = 0;
+  auto out = (*s)->Generate(kPrompt, g, {});
+  ASSERT_TRUE(out.ok());
+  const std::vector<int32_t> more = {5, 6};
+  auto l = (*s)->Evaluate(more);
+  ASSERT_TRUE(l.ok());
+  std::vector<int32_t> seq = kPrompt;
+  seq.insert(seq.end(), out->begin(), out->end());
+  seq.insert(seq.end(), more.begin(), more.end());
+  const std::vector<float> ref = Logits(*model_, seq);
+  const int64_t V = model_->info().n_vocab;
+  ASSERT_EQ(static_cast<int64_t>(l->size()), 2 * V);
+  EXPECT_LT(RelError(*l, std::vector<float>(ref.end() - 2 * V, ref.end())), 1e-5);
+  EXPECT_EQ((*s)->position(), static_cast<int64_t>(seq.size()));
+}
+
+TEST(ModelTest, InfoDescribesTheFile) {
+  auto spec = SmallSpec("qwen2moe", "q8_0");
+  auto m = MakeModel(spec, testing::MakeTempDir());
+  ASSERT_TRUE(m);
+  const ModelInfo& i = m->info();
+  EXPECT_EQ(i.n_layer, 2);
+  EXPECT_EQ(i.n_expert, 6);
+  EXPECT_EQ(i.n_expert_used, 2);
+  EXPECT_EQ(i.n_ff_shexp, 2 * spec.hidden);
+  EXPECT_EQ(i.n_vocab, 600);
+  // Q8_0: 34 bytes per 32 values; three 256x256 matrices per expert.
+  EXPECT_EQ(i.expert_bytes, 3u * 256 * 256 / 32 * 34);
+  EXPECT_EQ(i.expert_bytes_total, i.expert_bytes * 6 * 2);
+}
+
+TEST(ModelTest, OpenNamesAMissingFile) {
+  auto m = Model::Open("/nonexistent/model.gguf", {});
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("/nonexistent/model.gguf"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moex
