@@ -147,6 +147,9 @@ class GgufFile {
   const uint8_t* base_ = nullptr;
   std::vector<GgufKeyValue> kvs_;
   std::vector<GgufTensorInfo> tensors_;
+  // Indices into kvs_ / tensors_ sorted by key / name, for Find and FindTensor.
+  std::vector<uint32_t> kv_order_;
+  std::vector<uint32_t> tensor_order_;
 };
 
 // Builds a GGUF v3 file in memory order: metadata in insertion order, tensors in
