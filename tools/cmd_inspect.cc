@@ -119,7 +119,7 @@ int CmdInspect(int argc, char** argv) {
   Args args;
   std::string err;
   if (!args.Parse(argc, argv, {"model"}, {"json", "tensors", "help"}, &err)) {
-    std::fprintf(stderr, "moex inspect: %s\n%s", err.c_str(), kHelp);
+    std::fprintf(stderr, "moex inspect: %s (see `moex inspect --help`)\n", err.c_str());
     return 2;
   }
   if (args.Has("help")) {
@@ -129,7 +129,7 @@ int CmdInspect(int argc, char** argv) {
   std::string path = args.Str("model");
   if (path.empty() && !args.positionals().empty()) path = args.positionals()[0];
   if (path.empty()) {
-    std::fprintf(stderr, "moex inspect: no model file given\n%s", kHelp);
+    std::fprintf(stderr, "moex inspect: no model file given (see `moex inspect --help`)\n");
     return 2;
   }
   absl::StatusOr<FileDescription> d = DescribeFile(path);

@@ -34,17 +34,18 @@ int Fail(const char* cmd, const std::string& msg) {
   return 1;
 }
 
-// Opens the model named by -m with -t threads; prints the error and returns null.
-std::unique_ptr<Model> OpenModel(const char* cmd, const Args& a, std::string* err) {
+// A usage error: one line on stderr, exit code 2.
+int Usage(const char* cmd, const std::string& msg) {
+  std::fprintf(stderr, "moex %s: %s (see `moex %s --help`)\n", cmd, msg.c_str(), cmd);
+  return 2;
+}
+
+// Opens the model named by -m with `threads`; sets *err and returns null on failure.
+// REQUIRES: -m was given (checked by the caller as a usage error).
+std::unique_ptr<Model> OpenModel(const Args& a, int threads, std::string* err) {
   ModelOptions mo;
-  mo.threads = static_cast<int>(a.Int("threads", 0, err));
-  const std::string path = a.Str("model");
-  if (path.empty()) {
-    *err = "no model file given (-m MODEL.gguf)";
-    return nullptr;
-  }
-  if (!err->empty()) return nullptr;
-  absl::StatusOr<std::unique_ptr<Model>> m = Model::Open(path, mo);
+  mo.threads = threads;
+  absl::StatusOr<std::unique_ptr<Model>> m = Model::Open(a.Str("model"), mo);
   if (!m.ok()) {
     *err = std::string(m.status().message());
     return nullptr;
@@ -59,27 +60,27 @@ int CmdLogits(int argc, char** argv) {
   std::string err;
   if (!a.Parse(argc, argv, {"model", "tokens", "out", "output", "threads", "ctx-size"}, {"help"},
                &err)) {
-    std::fprintf(stderr, "moex logits: %s\n%s", err.c_str(), kLogitsHelp);
-    return 2;
+    return Usage("logits", err);
   }
   if (a.Has("help")) {
     std::fputs(kLogitsHelp, stdout);
     return 0;
   }
+  if (a.Str("model").empty()) return Usage("logits", "no model file given (-m MODEL.gguf)");
   std::vector<int32_t> ids;
   if (!ParseIdList(a.Str("tokens"), &ids)) {
-    std::fprintf(stderr, "moex logits: --tokens needs a comma-separated list of ids\n");
-    return 2;
+    return Usage("logits", "--tokens needs a comma-separated list of ids, got '" +
+                               a.Str("tokens") + "'");
   }
   const std::string out = a.Has("out") ? a.Str("out") : a.Str("output");
-  if (out.empty()) {
-    std::fprintf(stderr, "moex logits: no output file (--out FILE)\n");
-    return 2;
-  }
-  std::unique_ptr<Model> model = OpenModel("logits", a, &err);
+  if (out.empty()) return Usage("logits", "no output file (--out FILE)");
+  const int threads = static_cast<int>(a.Int("threads", 0, &err));
+  const int64_t ctx = a.Int("ctx-size", 0, &err);
+  if (!err.empty()) return Usage("logits", err);
+  std::unique_ptr<Model> model = OpenModel(a, threads, &err);
   if (!model) return Fail("logits", err);
   SessionOptions so;
-  so.context = std::max<int64_t>(a.Int("ctx-size", 0, &err), static_cast<int64_t>(ids.size()));
+  so.context = std::max<int64_t>(ctx, static_cast<int64_t>(ids.size()));
   absl::StatusOr<std::unique_ptr<Session>> session = model->NewSession(so);
   if (!session.ok()) return Fail("logits", std::string(session.status().message()));
   absl::StatusOr<std::vector<float>> logits = (*session)->Evaluate(ids);
@@ -110,8 +111,7 @@ int CmdRun(int argc, char** argv) {
                {"model", "tokens", "prompt", "n-predict", "threads", "ctx-size", "temp", "top-k",
                 "top-p", "min-p", "repeat-penalty", "repeat-last-n", "seed"},
                {"help", "json", "ignore-eos"}, &err)) {
-    std::fprintf(stderr, "moex run: %s\n%s", err.c_str(), kRunHelp);
-    return 2;
+    return Usage("run", err);
   }
   if (a.Has("help")) {
     std::fputs(kRunHelp, stdout);
@@ -122,10 +122,11 @@ int CmdRun(int argc, char** argv) {
                          "give token ids with --tokens\n");
     return 2;
   }
+  if (a.Str("model").empty()) return Usage("run", "no model file given (-m MODEL.gguf)");
   std::vector<int32_t> ids;
   if (!ParseIdList(a.Str("tokens"), &ids)) {
-    std::fprintf(stderr, "moex run: --tokens needs a comma-separated list of ids\n%s", kRunHelp);
-    return 2;
+    return Usage("run",
+                 "--tokens needs a comma-separated list of ids, got '" + a.Str("tokens") + "'");
   }
   GenerateOptions go;
   go.max_tokens = static_cast<int32_t>(a.Int("n-predict", 32, &err));
@@ -140,11 +141,9 @@ int CmdRun(int argc, char** argv) {
   sp.seed = static_cast<uint64_t>(a.Int("seed", 0, &err));
   SessionOptions so;
   so.context = a.Int("ctx-size", 0, &err);
-  if (!err.empty()) {
-    std::fprintf(stderr, "moex run: %s\n", err.c_str());
-    return 2;
-  }
-  std::unique_ptr<Model> model = OpenModel("run", a, &err);
+  const int threads = static_cast<int>(a.Int("threads", 0, &err));
+  if (!err.empty()) return Usage("run", err);
+  std::unique_ptr<Model> model = OpenModel(a, threads, &err);
   if (!model) return Fail("run", err);
   absl::StatusOr<std::unique_ptr<Session>> session = model->NewSession(so);
   if (!session.ok()) return Fail("run", std::string(session.status().message()));
