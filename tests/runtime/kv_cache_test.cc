@@ -25,7 +25,9 @@ TEST(KvCacheTest, LayersAndKeysValuesDoNotOverlap) {
   EXPECT_EQ(kv.bytes(), 2 * 3 * 4 * 5 * 4);
   for (int l = 0; l < 3; ++l) {
     EXPECT_EQ(kv.V(l) - kv.K(l), 4 * 5);
-    if (l) EXPECT_EQ(kv.K(l) - kv.V(l - 1), 4 * 5);
+    if (l > 0) {
+      EXPECT_EQ(kv.K(l) - kv.V(l - 1), 4 * 5);
+    }
   }
 }
 

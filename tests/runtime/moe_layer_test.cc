@@ -108,7 +108,11 @@ TEST(MoeLayerTest, SharedExpertIsAddedWithItsSigmoidGate) {
         up = MakeStack(rng, NE, F, E), down = MakeStack(rng, NE, E, F);
   Stack sg = MakeStack(rng, 1, F, E), su = MakeStack(rng, 1, F, E), sd = MakeStack(rng, 1, E, F),
         sgate = MakeStack(rng, 1, 1, E);
-  MoeWeights w{router.view.Expert(0), gate.view, up.view, down.view};
+  MoeWeights w;
+  w.router = router.view.Expert(0);
+  w.gate = gate.view;
+  w.up = up.view;
+  w.down = down.view;
   std::vector<float> x(T * E);
   std::normal_distribution<float> d(0, 1);
   for (float& v : x) v = d(rng);
