@@ -19,6 +19,8 @@
 #include "runtime/arch.h"
 #include "runtime/core/gguf.h"
 #include "runtime/core/status_macros.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
 
 namespace moex {
 namespace {
@@ -75,11 +77,17 @@ class Builder {
     for (float& x : v) x = dist(rng_);
     const kcpu::TypeTraits& tt = kcpu::GetTypeTraits(type);
     const int64_t rows = n / dims[0];
-    std::vector<uint8_t> bytes(rows * kcpu::RowBytes(tt, dims[0]));
-    for (int64_t r = 0; r < rows; ++r) {
-      kcpu::QuantizeRow(type, v.data() + r * dims[0], bytes.data() + r * kcpu::RowBytes(tt, dims[0]),
-                        dims[0]);
-    }
+    const int64_t row_bytes = kcpu::RowBytes(tt, dims[0]);
+    std::vector<uint8_t> bytes(rows * row_bytes);
+    // The draws above are sequential (one seed, one stream: reproducible); quantising,
+    // the slow part for k-quants, runs on every core.
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, 16),
+                      [&](const tbb::blocked_range<int64_t>& r) {
+                        for (int64_t i = r.begin(); i < r.end(); ++i) {
+                          kcpu::QuantizeRow(type, v.data() + i * dims[0],
+                                            bytes.data() + i * row_bytes, dims[0]);
+                        }
+                      });
     return w_->AddTensor(name, std::move(dims), static_cast<uint32_t>(type), bytes);
   }
 

@@ -33,6 +33,6 @@ int main(int argc, char** argv) {
   if (cmd == "gen") return moex::cli::CmdGen(argc - 2, argv + 2);
   if (cmd == "logits") return moex::cli::CmdLogits(argc - 2, argv + 2);
   if (cmd == "run") return moex::cli::CmdRun(argc - 2, argv + 2);
-  std::fprintf(stderr, "moex: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+  std::fprintf(stderr, "moex: unknown command '%s' (see `moex --help`)\n", cmd.c_str());
   return 2;
 }
