@@ -63,37 +63,48 @@ GgmlType FitType(GgmlType t, int64_t cols) {
   }
 }
 
+// Adds tensors whose random values are drawn and quantised only when the file is
+// written (GgufWriter::AddTensorDeferred), one tensor at a time, in file order: the
+// values are reproducible from the seed and a large model never sits whole in memory.
 class Builder {
  public:
-  Builder(GgufWriter* w, uint64_t seed) : w_(w), rng_(seed) {}
+  Builder(GgufWriter* w, uint64_t seed, std::function<void(double)> progress)
+      : w_(w), rng_(seed), progress_(std::move(progress)) {}
 
   absl::Status Tensor(const std::string& name, std::vector<int64_t> dims, GgmlType type,
                       float mean, float stddev) {
+    type = FitType(type, dims[0]);
     int64_t n = 1;
     for (int64_t d : dims) n *= d;
-    type = FitType(type, dims[0]);
-    std::normal_distribution<float> dist(mean, stddev);
-    std::vector<float> v(n);
-    for (float& x : v) x = dist(rng_);
-    const kcpu::TypeTraits& tt = kcpu::GetTypeTraits(type);
-    const int64_t rows = n / dims[0];
-    const int64_t row_bytes = kcpu::RowBytes(tt, dims[0]);
-    std::vector<uint8_t> bytes(rows * row_bytes);
-    // The draws above are sequential (one seed, one stream: reproducible); quantising,
-    // the slow part for k-quants, runs on every core.
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, 16),
-                      [&](const tbb::blocked_range<int64_t>& r) {
-                        for (int64_t i = r.begin(); i < r.end(); ++i) {
-                          kcpu::QuantizeRow(type, v.data() + i * dims[0],
-                                            bytes.data() + i * row_bytes, dims[0]);
-                        }
-                      });
-    return w_->AddTensor(name, std::move(dims), static_cast<uint32_t>(type), bytes);
+    total_ += n;
+    const int64_t cols = dims[0];
+    return w_->AddTensorDeferred(
+        name, std::move(dims), static_cast<uint32_t>(type),
+        [this, n, cols, type, mean, stddev](std::span<uint8_t> out) {
+          std::normal_distribution<float> dist(mean, stddev);
+          std::vector<float> v(n);
+          for (float& x : v) x = dist(rng_);
+          const int64_t row_bytes = kcpu::RowBytes(kcpu::GetTypeTraits(type), cols);
+          // Drawing is sequential (one stream: reproducible); quantising, the slow part
+          // for k-quants, runs on every core.
+          tbb::parallel_for(tbb::blocked_range<int64_t>(0, n / cols, 16),
+                            [&](const tbb::blocked_range<int64_t>& r) {
+                              for (int64_t i = r.begin(); i < r.end(); ++i) {
+                                kcpu::QuantizeRow(type, v.data() + i * cols,
+                                                  out.data() + i * row_bytes, cols);
+                              }
+                            });
+          done_ += n;
+          if (progress_) progress_(static_cast<double>(done_) / total_);
+          return absl::OkStatus();
+        });
   }
 
  private:
   GgufWriter* w_;
   std::mt19937_64 rng_;
+  std::function<void(double)> progress_;
+  int64_t total_ = 0, done_ = 0;
 };
 
 // A vocabulary for models made without --vocab: SentencePiece-style, with <unk>, <s>,
@@ -217,7 +228,7 @@ absl::Status WriteSyntheticModel(const SyntheticModelSpec& spec_in, const std::s
   const GgmlType head_t = plan.k_mix ? GgmlType::kQ6_K : base;
   const int64_t E = s.hidden, Q = s.heads * s.head_dim, KV = s.kv_heads * s.head_dim, F = s.ffn;
   constexpr float kStd = 0.05f;
-  Builder b(&w, s.seed);
+  Builder b(&w, s.seed, progress);
   MOEX_RETURN_IF_ERROR(b.Tensor("token_embd.weight", {E, n_vocab}, base, 0, kStd));
   MOEX_RETURN_IF_ERROR(b.Tensor("output_norm.weight", {E}, norm_t, 1, kStd));
   MOEX_RETURN_IF_ERROR(b.Tensor("output.weight", {E, n_vocab}, head_t, 0, kStd));
@@ -260,7 +271,6 @@ absl::Status WriteSyntheticModel(const SyntheticModelSpec& spec_in, const std::s
         MOEX_RETURN_IF_ERROR(b.Tensor(p + "ffn_down_shexp.weight", {S, E}, more, 0, kStd));
       }
     }
-    if (progress) progress(static_cast<double>(i + 1) / s.layers);
   }
   return w.WriteFile(out_path);
 }

@@ -69,7 +69,7 @@ int CmdGen(int argc, char** argv) {
   }
   const bool quiet = a.Has("quiet");
   absl::Status st = WriteSyntheticModel(s, out, [quiet](double f) {
-    if (!quiet) std::fprintf(stderr, "\rmoex gen: %3.0f%% of layers", 100 * f);
+    if (!quiet) std::fprintf(stderr, "\rmoex gen: %3.0f%% of the weights written", 100 * f);
   });
   if (!quiet) std::fputc('\n', stderr);
   if (!st.ok()) {

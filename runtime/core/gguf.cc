@@ -870,8 +870,9 @@ void GgufWriter::CopyMetadata(const GgufFile& src, std::string_view prefix) {
   }
 }
 
-absl::Status GgufWriter::AddTensor(std::string name, std::vector<int64_t> dims, uint32_t type,
-                                   std::span<const uint8_t> data) {
+absl::StatusOr<uint64_t> GgufWriter::CheckTensor(const std::string& name,
+                                                 const std::vector<int64_t>& dims,
+                                                 uint32_t type) const {
   const std::string what = absl::StrCat("GGUF tensor ", Quote(name));
   for (const Tensor& t : tensors_) {
     if (t.name == name) return absl::InvalidArgumentError(what + ": added twice");
@@ -897,14 +898,30 @@ absl::Status GgufWriter::AddTensor(std::string name, std::vector<int64_t> dims, 
                                                    " block size ", traits->block_elems));
   }
   uint64_t nbytes;
-  if (MulOverflows(n / traits->block_elems, traits->block_bytes, &nbytes) ||
-      nbytes != data.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": ", data.size(), " bytes of data, the shape needs ",
-                     n / traits->block_elems, " blocks of ", traits->block_bytes));
+  if (MulOverflows(n / traits->block_elems, traits->block_bytes, &nbytes)) {
+    return absl::InvalidArgumentError(what + ": size overflows");
   }
-  tensors_.push_back(Tensor{std::move(name), std::move(dims), type,
-                            std::vector<uint8_t>(data.begin(), data.end())});
+  return nbytes;
+}
+
+absl::Status GgufWriter::AddTensor(std::string name, std::vector<int64_t> dims, uint32_t type,
+                                   std::span<const uint8_t> data) {
+  MOEX_ASSIGN_OR_RETURN(const uint64_t nbytes, CheckTensor(name, dims, type));
+  if (nbytes != data.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("GGUF tensor ", Quote(name), ": ",
+                                                   data.size(), " bytes of data, the shape needs ",
+                                                   nbytes));
+  }
+  tensors_.push_back(Tensor{std::move(name), std::move(dims), type, nbytes,
+                            std::vector<uint8_t>(data.begin(), data.end()), nullptr});
+  return absl::OkStatus();
+}
+
+absl::Status GgufWriter::AddTensorDeferred(std::string name, std::vector<int64_t> dims,
+                                           uint32_t type, TensorFiller fill) {
+  MOEX_ASSIGN_OR_RETURN(const uint64_t nbytes, CheckTensor(name, dims, type));
+  if (!fill) return absl::InvalidArgumentError("GGUF tensor " + Quote(name) + ": no filler");
+  tensors_.push_back(Tensor{std::move(name), std::move(dims), type, nbytes, {}, std::move(fill)});
   return absl::OkStatus();
 }
 
@@ -927,7 +944,8 @@ absl::StatusOr<uint64_t> ValidateForWrite(const std::vector<GgufKeyValue>& kvs) 
 }
 
 template <typename Sink>
-void Emit(Sink& s, uint64_t alignment, const std::vector<GgufKeyValue>& kvs, const auto& tensors) {
+absl::Status Emit(Sink& s, uint64_t alignment, const std::vector<GgufKeyValue>& kvs,
+                  const auto& tensors) {
   s.Write(kMagic, sizeof(kMagic));
   Put<Sink, uint32_t>(s, 3);
   Put<Sink, uint64_t>(s, tensors.size());
@@ -944,14 +962,23 @@ void Emit(Sink& s, uint64_t alignment, const std::vector<GgufKeyValue>& kvs, con
     for (int64_t d : t.dims) Put<Sink, uint64_t>(s, static_cast<uint64_t>(d));
     Put<Sink, uint32_t>(s, t.type);
     Put<Sink, uint64_t>(s, offset);
-    offset += (t.data.size() + alignment - 1) / alignment * alignment;
+    offset += (t.nbytes + alignment - 1) / alignment * alignment;
   }
   // No padding after the last tensor (or after the header of a file without tensors): the
   // format does not need it, and so every truncation of a written file is detectable.
-  for (size_t i = 0; i < tensors.size(); ++i) {
+  std::vector<uint8_t> produced;
+  for (const auto& t : tensors) {
     PutPadding(s, alignment);
-    s.Write(tensors[i].data.data(), tensors[i].data.size());
+    if (!t.fill) {
+      s.Write(t.data.data(), t.data.size());
+      continue;
+    }
+    produced.assign(t.nbytes, 0);
+    absl::Status st = t.fill(std::span<uint8_t>(produced));
+    if (!st.ok()) return st;
+    s.Write(produced.data(), produced.size());
   }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -960,7 +987,7 @@ absl::StatusOr<std::vector<uint8_t>> GgufWriter::Serialize() const {
   MOEX_ASSIGN_OR_RETURN(const uint64_t alignment, ValidateForWrite(kvs_));
   std::vector<uint8_t> out;
   VectorSink sink(&out);
-  Emit(sink, alignment, kvs_, tensors_);
+  MOEX_RETURN_IF_ERROR(Emit(sink, alignment, kvs_, tensors_));
   return out;
 }
 
@@ -972,7 +999,12 @@ absl::Status GgufWriter::WriteFile(const std::string& path) const {
   // mkostemp makes the file 0600; a model file is ordinarily world-readable.
   fchmod(fd, 0644);
   FdSink sink(fd);
-  Emit(sink, alignment, kvs_, tensors_);
+  absl::Status emitted = Emit(sink, alignment, kvs_, tensors_);
+  if (!emitted.ok()) {
+    close(fd);
+    unlink(tmp.c_str());
+    return emitted;
+  }
   int err = sink.Flush();
   if (err == 0 && fsync(fd) != 0) err = errno;
   if (close(fd) != 0 && err == 0) err = errno;

@@ -18,6 +18,7 @@
 #define MOEX_RUNTIME_CORE_GGUF_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -167,6 +168,12 @@ class GgufWriter {
   // `data` must hold exactly the tensor's bytes (checked); it is copied.
   absl::Status AddTensor(std::string name, std::vector<int64_t> dims, uint32_t type,
                          std::span<const uint8_t> data);
+  // A tensor whose bytes are produced only when the file is written: `fill` gets a buffer
+  // of exactly the tensor's size. Writing a large model then holds one tensor in memory
+  // at a time instead of the whole file. An error from `fill` aborts the write.
+  using TensorFiller = std::function<absl::Status(std::span<uint8_t>)>;
+  absl::Status AddTensorDeferred(std::string name, std::vector<int64_t> dims, uint32_t type,
+                                 TensorFiller fill);
 
   // Writes to `path` (through a temporary file renamed on success, so a failed write
   // never leaves a half file under the final name).
@@ -179,8 +186,13 @@ class GgufWriter {
     std::string name;
     std::vector<int64_t> dims;
     uint32_t type;
-    std::vector<uint8_t> data;
+    uint64_t nbytes;
+    std::vector<uint8_t> data;  // empty for a deferred tensor
+    TensorFiller fill;          // set for a deferred tensor
   };
+  // Checks a tensor's name, shape and type; returns its size in bytes.
+  absl::StatusOr<uint64_t> CheckTensor(const std::string& name, const std::vector<int64_t>& dims,
+                                       uint32_t type) const;
   std::vector<GgufKeyValue> kvs_;
   std::vector<Tensor> tensors_;
 };
