@@ -14,7 +14,7 @@
 #include "runtime/model_info.h"
 #include "runtime/model_weights.h"
 #include "runtime/sampler.h"
-#include "runtime/vocab.h"
+#include "runtime/tokenizer.h"
 #include "tbb/task_arena.h"
 
 namespace moex {
@@ -35,7 +35,7 @@ int PhysicalCores() {
 struct Model::Impl {
   std::unique_ptr<GgufFile> file;
   ModelWeights weights;
-  Vocab vocab;
+  std::unique_ptr<Tokenizer> tokenizer;  // null when the file has no tokenizer keys
   ModelInfo info;
   // The model's own worker pool, so two models (or a host application's TBB use) do
   // not fight over one global thread count.
@@ -65,16 +65,17 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Open(const std::string& path,
   MOEX_ASSIGN_OR_RETURN(impl->file, GgufFile::Open(path));
   MOEX_ASSIGN_OR_RETURN(HParams hp, ReadHParams(*impl->file));
   MOEX_ASSIGN_OR_RETURN(impl->weights, BindWeights(*impl->file, hp));
-  MOEX_ASSIGN_OR_RETURN(impl->vocab, Vocab::Load(*impl->file));
-  if (impl->vocab.size() > 0 && impl->vocab.size() != impl->weights.hp.n_vocab) {
+  MOEX_ASSIGN_OR_RETURN(impl->tokenizer, LoadTokenizer(*impl->file));
+  const Tokenizer* tok = impl->tokenizer.get();
+  if (tok != nullptr && tok->n_vocab() != impl->weights.hp.n_vocab) {
     return absl::InvalidArgumentError(absl::StrCat(
-        path, ": the tokenizer has ", impl->vocab.size(), " tokens but token_embd.weight has ",
+        path, ": the tokenizer has ", tok->n_vocab(), " tokens but token_embd.weight has ",
         impl->weights.hp.n_vocab, " rows"));
   }
   impl->info = MakeModelInfo(*impl->file, impl->weights);
-  impl->info.bos_token = impl->vocab.bos();
-  impl->info.eos_token = impl->vocab.eos();
-  impl->info.add_bos = impl->vocab.add_bos();
+  impl->info.bos_token = tok != nullptr ? tok->bos() : -1;
+  impl->info.eos_token = tok != nullptr ? tok->eos() : -1;
+  impl->info.add_bos = tok != nullptr && tok->add_bos();
   impl->arena = std::make_unique<tbb::task_arena>(options.threads > 0 ? options.threads
                                                                       : PhysicalCores());
   return std::unique_ptr<Model>(new Model(std::move(impl)));
@@ -83,8 +84,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Open(const std::string& path,
 const ModelInfo& Model::info() const { return impl_->info; }
 
 std::string Model::Detokenize(std::span<const int32_t> tokens) const {
-  return impl_->vocab.Detokenize(tokens);
+  std::string out;
+  if (impl_->tokenizer != nullptr) {
+    impl_->tokenizer->impl().DecodeTo(tokens, /*render_special=*/false,
+                                      /*strip_prefix_space=*/false, &out);
+  }
+  return out;
 }
+
+const Tokenizer* Model::tokenizer() const { return impl_->tokenizer.get(); }
 
 absl::StatusOr<std::unique_ptr<Session>> Model::NewSession(const SessionOptions& options) const {
   const HParams& hp = impl_->weights.hp;

@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "moex/info.h"
+#include "moex/tokenizer.h"
 
 namespace moex {
 
@@ -111,6 +112,9 @@ class Model {
   // Text of `tokens` with the model's vocabulary (SentencePiece "▁" and <0xNN> byte
   // tokens, and GPT-2 byte-level pieces, are decoded). Unknown ids are skipped.
   std::string Detokenize(std::span<const int32_t> tokens) const;
+  // The model's tokenizer (text <-> ids, streaming decode); null when the file has no
+  // tokenizer keys. Lives as long as the Model.
+  const Tokenizer* tokenizer() const;
 
  private:
   friend class Session;
