@@ -14,8 +14,11 @@ namespace moex::cli {
 namespace {
 
 constexpr char kRunHelp[] =
-    "usage: moex run -m MODEL --tokens IDS [-n N] [flags]\n"
-    "  --tokens 1,2,3   prompt token ids (a BOS is not added)\n"
+    "usage: moex run -m MODEL (-p TEXT | --tokens IDS) [-n N] [flags]\n"
+    "  -p TEXT          the prompt as text: tokenized with the model's tokenizer, a BOS\n"
+    "                   first if the vocabulary asks for one; control tokens written as\n"
+    "                   text (<|im_start|>, [INST]) are recognised\n"
+    "  --tokens 1,2,3   ... or the prompt as token ids (a BOS is not added)\n"
     "  -n N             tokens to generate                   (default 32)\n"
     "  -c N             context size                         (default min(trained, 4096))\n"
     "  -t N             threads                              (default: physical cores)\n"
@@ -117,14 +120,12 @@ int CmdRun(int argc, char** argv) {
     std::fputs(kRunHelp, stdout);
     return 0;
   }
-  if (a.Has("prompt")) {
-    std::fprintf(stderr, "moex run: text prompts (-p) need the tokenizer, which is not built yet; "
-                         "give token ids with --tokens\n");
-    return 2;
-  }
   if (a.Str("model").empty()) return Usage("run", "no model file given (-m MODEL.gguf)");
+  if (a.Has("prompt") && a.Has("tokens")) {
+    return Usage("run", "give the prompt with one of -p TEXT and --tokens IDS, not both");
+  }
   std::vector<int32_t> ids;
-  if (!ParseIdList(a.Str("tokens"), &ids)) {
+  if (!a.Has("prompt") && !ParseIdList(a.Str("tokens"), &ids)) {
     return Usage("run",
                  "--tokens needs a comma-separated list of ids, got '" + a.Str("tokens") + "'");
   }
@@ -145,23 +146,42 @@ int CmdRun(int argc, char** argv) {
   if (!err.empty()) return Usage("run", err);
   std::unique_ptr<Model> model = OpenModel(a, threads, &err);
   if (!model) return Fail("run", err);
+  const Tokenizer* tokenizer = model->tokenizer();
+  if (a.Has("prompt")) {
+    if (tokenizer == nullptr) {
+      return Fail("run", a.Str("model") + " has no tokenizer (no tokenizer.ggml.* keys); give "
+                         "the prompt as token ids with --tokens");
+    }
+    EncodeOptions eo;
+    eo.parse_special = true;
+    absl::StatusOr<std::vector<int32_t>> enc = tokenizer->Encode(a.Str("prompt"), eo);
+    if (!enc.ok()) return Fail("run", std::string(enc.status().message()));
+    ids = std::move(*enc);
+    if (ids.empty()) return Usage("run", "the prompt -p is empty");
+  }
   absl::StatusOr<std::unique_ptr<Session>> session = model->NewSession(so);
   if (!session.ok()) return Fail("run", std::string(session.status().message()));
 
   const bool json = a.Has("json");
   const Model& m = *model;
-  // Human mode streams the text as it comes; bytes of a split UTF-8 character simply
-  // arrive one token later.
+  // Human mode streams the text as it comes; the stream decoder holds back the bytes of a
+  // character split across byte tokens until it is whole.
+  std::unique_ptr<Tokenizer::StreamDecoder> stream;
+  if (tokenizer != nullptr) {
+    stream = std::make_unique<Tokenizer::StreamDecoder>(tokenizer->NewStreamDecoder());
+  }
   absl::StatusOr<std::vector<int32_t>> out =
       (*session)->Generate(ids, go, [&](int32_t tok) {
         if (!json) {
           const int32_t one[1] = {tok};
-          std::fputs(m.Detokenize(one).c_str(), stdout);
+          const std::string piece = stream ? stream->Push(tok) : m.Detokenize(one);
+          std::fwrite(piece.data(), 1, piece.size(), stdout);
           std::fflush(stdout);
         }
         return true;
       });
   if (!out.ok()) return Fail("run", std::string(out.status().message()));
+  if (!json && stream) std::fputs(stream->Flush().c_str(), stdout);
   const Stats& st = (*session)->stats();
   if (json) {
     std::printf("{\"model\":%s,\"prompt_tokens\":%lld,\"tokens\":[%s],\"text\":%s,"

@@ -9,6 +9,8 @@ int CmdInspect(int argc, char** argv);
 int CmdGen(int argc, char** argv);
 int CmdLogits(int argc, char** argv);
 int CmdRun(int argc, char** argv);
+int CmdTokenize(int argc, char** argv);
+int CmdDetokenize(int argc, char** argv);
 
 }  // namespace moex::cli
 
