@@ -3,7 +3,7 @@
 // merging the adjacent pair whose concatenation is a token with the highest score (ties:
 // the leftmost pair), and finally spell whatever is not a token as byte tokens.
 #include <cstdint>
-#include <queue>
+#include <algorithm>
 #include <string_view>
 #include <vector>
 
@@ -33,33 +33,35 @@ struct BigramOrder {  // the best bigram on top: highest score, then leftmost
 
 }  // namespace
 
-void SpmEncode(const Vocab& vocab, std::string_view text, std::vector<int32_t>* out) {
-  std::vector<Symbol> sym;
-  sym.reserve(text.size());
-  for (size_t off = 0; off < text.size();) {
-    const size_t n = std::min(utf8::LeadLength(text[off]), text.size() - off);
-    const auto i = static_cast<int32_t>(sym.size());
-    sym.push_back({static_cast<uint32_t>(off), static_cast<uint32_t>(n), i - 1,
-                   off + n == text.size() ? -1 : i + 1});
-    off += n;
-  }
+namespace {
 
-  std::vector<Bigram> storage;
-  storage.reserve(sym.size());
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramOrder> queue(BigramOrder(),
-                                                                       std::move(storage));
+// Merges the characters starting at starts[0..n) (the last one ends at `end`).
+void EncodeRun(const Vocab& vocab, std::string_view text, const uint32_t* starts, size_t n,
+               size_t end, std::vector<int32_t>* out) {
+  thread_local std::vector<Symbol> sym;
+  thread_local std::vector<Bigram> heap;
+  sym.clear();
+  heap.clear();
+  for (size_t k = 0; k < n; ++k) {
+    const uint32_t next_start = k + 1 < n ? starts[k + 1] : static_cast<uint32_t>(end);
+    const auto i = static_cast<int32_t>(k);
+    sym.push_back({starts[k], next_start - starts[k], i - 1, k + 1 == n ? -1 : i + 1});
+  }
+  const BigramOrder order;
   auto try_add = [&](int32_t left, int32_t right) {
     if (left < 0 || right < 0) return;
     const uint32_t size = sym[left].n + sym[right].n;
     const int32_t id = vocab.Find(text.substr(sym[left].start, size));
     if (id < 0) return;
-    queue.push({vocab.score(id), left, right, size});
+    heap.push_back({vocab.score(id), left, right, size});
+    std::push_heap(heap.begin(), heap.end(), order);
   };
   for (int32_t i = 1; i < static_cast<int32_t>(sym.size()); ++i) try_add(i - 1, i);
 
-  while (!queue.empty()) {
-    const Bigram b = queue.top();
-    queue.pop();
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), order);
+    const Bigram b = heap.back();
+    heap.pop_back();
     Symbol& l = sym[b.left];
     Symbol& r = sym[b.right];
     // Stale: one side was merged away, or grew, since this pair was queued.
@@ -88,6 +90,45 @@ void SpmEncode(const Vocab& vocab, std::string_view text, std::vector<int32_t>* 
         out->push_back(vocab.unk());
       }
     }
+  }
+}
+
+constexpr std::string_view kSpace = "\xE2\x96\x81";  // "▁"
+
+}  // namespace
+
+void SpmEncode(const Vocab& vocab, std::string_view text, std::vector<int32_t>* out) {
+  // The characters, as llama.cpp splits them (by the lead byte's announced length).
+  thread_local std::vector<uint32_t> starts;
+  starts.clear();
+  for (size_t off = 0; off < text.size();) {
+    starts.push_back(static_cast<uint32_t>(off));
+    off += std::min(utf8::LeadLength(text[off]), text.size() - off);
+  }
+  // One priority queue over a whole long text is slow (cache misses). When no token has
+  // a "▁" after anything but "▁" (true of Llama's vocabulary), no merge can cross the
+  // start of a word, so the words are merged one by one: the same merges, in the same
+  // relative order, hence the same ids.
+  if (!vocab.spm_words_independent()) {
+    EncodeRun(vocab, text, starts.data(), starts.size(), text.size(), out);
+    return;
+  }
+  auto is_space = [&](size_t k) {
+    const uint32_t e = k + 1 < starts.size() ? starts[k + 1] : static_cast<uint32_t>(text.size());
+    return e - starts[k] == 3 && text.substr(starts[k], 3) == kSpace;
+  };
+  size_t first = 0;
+  bool prev_space = false;
+  for (size_t k = 0; k < starts.size(); ++k) {
+    const bool space = is_space(k);
+    if (space && !prev_space && k > first) {
+      EncodeRun(vocab, text, starts.data() + first, k - first, starts[k], out);
+      first = k;
+    }
+    prev_space = space;
+  }
+  if (first < starts.size()) {
+    EncodeRun(vocab, text, starts.data() + first, starts.size() - first, text.size(), out);
   }
 }
 

@@ -230,6 +230,13 @@ absl::StatusOr<Vocab> Vocab::Load(const GgufFile& f) {
   MOEX_ASSIGN_OR_RETURN(v.add_space_prefix_,
                         f.GetBoolOr("tokenizer.ggml.add_space_prefix", spm));
 
+  v.spm_words_independent_ = true;
+  for (int32_t i = 0; i < n && v.spm_words_independent_; ++i) {
+    std::string_view p = v.piece(i);
+    while (p.starts_with("\xE2\x96\x81")) p.remove_prefix(3);
+    if (p.find("\xE2\x96\x81") != std::string_view::npos) v.spm_words_independent_ = false;
+  }
+
   v.text_.reserve(std::max<size_t>(v.pieces_.size(), 64));
   v.text_off_.reserve(n + 1);
   v.text_off_.push_back(0);

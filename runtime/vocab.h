@@ -87,6 +87,10 @@ class Vocab {
     return Slice(text_, text_off_, id);
   }
 
+  // True when no piece has a "▁" after anything but "▁": then no SentencePiece merge can
+  // join a word to the one before it, and words can be merged independently.
+  bool spm_words_independent() const { return spm_words_independent_; }
+
   // The SentencePiece byte-fallback token for `b`: "<0xNN>", else the one-byte token,
   // else -1.
   int32_t ByteToken(uint8_t b) const { return byte_token_[b]; }
@@ -114,6 +118,7 @@ class Vocab {
   int32_t bos_ = -1, eos_ = -1, eot_ = -1, unk_ = -1;
   bool add_bos_ = false;
   bool add_space_prefix_ = false;
+  bool spm_words_independent_ = false;
   std::string pre_;
 };
 
