@@ -1,6 +1,5 @@
 #include "cache/kv_cache.h"
 
-#include <algorithm>
 #include <new>
 
 #include "absl/strings/str_cat.h"
@@ -23,7 +22,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(int64_t n_layer, int64_
         absl::StrCat("KV cache: cannot allocate ", bytes, " bytes for a context of ", n_ctx,
                      " tokens; use a smaller context (-c)"));
   }
-  std::fill_n(c->data_.get(), n, 0.0f);
+  // Not zero-filled: attention reads only positions already written, and untouched pages
+  // of a large context never become resident.
   return c;
 }
 absl::Status KvCache::Reserve(int64_t n_new) const {
