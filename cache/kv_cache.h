@@ -37,6 +37,10 @@ class KvCache {
   // Marks n_new positions as written (after every layer wrote them).
   void Advance(int64_t n_new) { n_past_ += n_new; }
   void Clear() { n_past_ = 0; }
+  // Forgets every position from n on (a no-op when n >= size()).
+  void Truncate(int64_t n) {
+    if (n >= 0 && n < n_past_) n_past_ = n;
+  }
 
  private:
   KvCache(int64_t n_layer, int64_t n_ctx, int64_t kv_dim)

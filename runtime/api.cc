@@ -1,6 +1,7 @@
 // The public API (include/moex/moex.h) over the runtime's pieces.
 #include <hwloc.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 
@@ -115,6 +116,21 @@ void Session::Reset() {
   impl_->history.clear();
   impl_->pending = -1;
 }
+
+void Session::TruncateTo(int64_t n) {
+  Impl& s = *impl_;
+  n = std::clamp<int64_t>(n, 0, static_cast<int64_t>(s.history.size()));
+  // history = the KV cache's tokens, plus the pending token (sampled, not yet evaluated).
+  if (n < s.kv->size()) {
+    s.kv->Truncate(n);
+    s.pending = -1;
+  } else if (n == s.kv->size()) {
+    s.pending = -1;
+  }
+  s.history.resize(n);
+}
+
+const std::vector<int32_t>& Session::tokens() const { return impl_->history; }
 int64_t Session::position() const { return impl_->kv->size(); }
 int64_t Session::context() const { return impl_->kv->capacity(); }
 const Stats& Session::stats() const { return impl_->stats; }
@@ -176,13 +192,17 @@ absl::StatusOr<std::vector<int32_t>> Session::Generate(std::span<const int32_t> 
   s.stats.prefill_seconds = SecondsSince(t0);
 
   const auto t1 = std::chrono::steady_clock::now();
+  const Tokenizer* tokenizer = s.model->tokenizer.get();
   const int32_t eos = s.model->info.eos_token;
+  auto end_of_generation = [&](int32_t t) {
+    return tokenizer != nullptr ? tokenizer->IsEog(t) : t == eos;
+  };
   for (int32_t i = 0; i < options.max_tokens; ++i) {
     const int32_t tok = sampler.Sample(logits, s.history);
     out.push_back(tok);
     s.stats.generated_tokens = static_cast<int64_t>(out.size());
     const bool keep_going = !on_token || on_token(tok);
-    if (!keep_going || (options.stop_at_eos && tok == eos) || i + 1 == options.max_tokens) {
+    if (!keep_going || (options.stop_at_eos && end_of_generation(tok)) || i + 1 == options.max_tokens) {
       s.pending = tok;
       s.history.push_back(tok);
       break;

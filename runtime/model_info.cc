@@ -14,6 +14,7 @@ ModelInfo MakeModelInfo(const GgufFile& f, const ModelWeights& w) {
   info.path = f.path();
   info.architecture = std::string(hp.arch->name);
   if (auto name = f.GetString("general.name"); name.ok()) info.name = std::string(*name);
+  if (auto t = f.GetString("tokenizer.chat_template"); t.ok()) info.chat_template = std::string(*t);
   info.n_vocab = hp.n_vocab;
   info.n_ctx_train = hp.n_ctx_train;
   info.n_embd = hp.n_embd;

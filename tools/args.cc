@@ -158,4 +158,29 @@ std::string JsonString(const std::string& s) {
   return o + "\"";
 }
 
+int Fail(const char* cmd, const std::string& msg) {
+  std::fprintf(stderr, "moex %s: %s\n", cmd, msg.c_str());
+  return 1;
+}
+
+int Usage(const char* cmd, const std::string& msg) {
+  std::fprintf(stderr, "moex %s: %s (see `moex %s --help`)\n", cmd, msg.c_str(), cmd);
+  return 2;
+}
+
+std::set<std::string> WithSampling(std::set<std::string> flags) {
+  for (const char* f : kSamplingFlags) flags.insert(f);
+  return flags;
+}
+
+void ParseSampling(const Args& a, SamplingOptions* s, std::string* err) {
+  s->temperature = static_cast<float>(a.Float("temp", s->temperature, err));
+  s->top_k = static_cast<int32_t>(a.Int("top-k", s->top_k, err));
+  s->top_p = static_cast<float>(a.Float("top-p", s->top_p, err));
+  s->min_p = static_cast<float>(a.Float("min-p", s->min_p, err));
+  s->repeat_penalty = static_cast<float>(a.Float("repeat-penalty", s->repeat_penalty, err));
+  s->repeat_last_n = static_cast<int32_t>(a.Int("repeat-last-n", s->repeat_last_n, err));
+  s->seed = static_cast<uint64_t>(a.Int("seed", static_cast<int64_t>(s->seed), err));
+}
+
 }  // namespace moex::cli

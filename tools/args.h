@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "moex/moex.h"
+
 namespace moex::cli {
 
 class Args {
@@ -36,6 +38,18 @@ bool ParseIdList(const std::string& s, std::vector<int32_t>* out);
 
 // Minimal JSON writing for --json output.
 std::string JsonString(const std::string& s);
+
+// One error line "moex CMD: MSG" on stderr; returns exit code 1 (bad file or request).
+int Fail(const char* cmd, const std::string& msg);
+// A usage error: one line on stderr pointing at --help; returns exit code 2.
+int Usage(const char* cmd, const std::string& msg);
+
+// The sampling flags shared by `run` and `chat`, and their parsing (errors into *err).
+inline constexpr const char* kSamplingFlags[] = {"temp", "top-k", "top-p", "min-p",
+                                                 "repeat-penalty", "repeat-last-n", "seed"};
+void ParseSampling(const Args& a, SamplingOptions* s, std::string* err);
+// `flags` plus the sampling flags.
+std::set<std::string> WithSampling(std::set<std::string> flags);
 
 }  // namespace moex::cli
 

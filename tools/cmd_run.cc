@@ -32,16 +32,7 @@ constexpr char kLogitsHelp[] =
     "  Writes the logits of every position: int32 n_tokens, int32 n_vocab,\n"
     "  float32[n_tokens][n_vocab] (little-endian).\n";
 
-int Fail(const char* cmd, const std::string& msg) {
-  std::fprintf(stderr, "moex %s: %s\n", cmd, msg.c_str());
-  return 1;
-}
 
-// A usage error: one line on stderr, exit code 2.
-int Usage(const char* cmd, const std::string& msg) {
-  std::fprintf(stderr, "moex %s: %s (see `moex %s --help`)\n", cmd, msg.c_str(), cmd);
-  return 2;
-}
 
 // Opens the model named by -m with `threads`; sets *err and returns null on failure.
 // REQUIRES: -m was given (checked by the caller as a usage error).
@@ -111,8 +102,7 @@ int CmdRun(int argc, char** argv) {
   Args a;
   std::string err;
   if (!a.Parse(argc, argv,
-               {"model", "tokens", "prompt", "n-predict", "threads", "ctx-size", "temp", "top-k",
-                "top-p", "min-p", "repeat-penalty", "repeat-last-n", "seed"},
+               WithSampling({"model", "tokens", "prompt", "n-predict", "threads", "ctx-size"}),
                {"help", "json", "ignore-eos"}, &err)) {
     return Usage("run", err);
   }
@@ -132,14 +122,7 @@ int CmdRun(int argc, char** argv) {
   GenerateOptions go;
   go.max_tokens = static_cast<int32_t>(a.Int("n-predict", 32, &err));
   go.stop_at_eos = !a.Has("ignore-eos");
-  SamplingOptions& sp = go.sampling;
-  sp.temperature = static_cast<float>(a.Float("temp", sp.temperature, &err));
-  sp.top_k = static_cast<int32_t>(a.Int("top-k", sp.top_k, &err));
-  sp.top_p = static_cast<float>(a.Float("top-p", sp.top_p, &err));
-  sp.min_p = static_cast<float>(a.Float("min-p", sp.min_p, &err));
-  sp.repeat_penalty = static_cast<float>(a.Float("repeat-penalty", sp.repeat_penalty, &err));
-  sp.repeat_last_n = static_cast<int32_t>(a.Int("repeat-last-n", sp.repeat_last_n, &err));
-  sp.seed = static_cast<uint64_t>(a.Int("seed", 0, &err));
+  ParseSampling(a, &go.sampling, &err);
   SessionOptions so;
   so.context = a.Int("ctx-size", 0, &err);
   const int threads = static_cast<int>(a.Int("threads", 0, &err));

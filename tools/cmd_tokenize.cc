@@ -31,15 +31,7 @@ constexpr char kDetokenizeHelp[] =
     "  --special      write control tokens (<s>, <|im_end|>) as their text\n"
     "  --json         {\"text\":\"...\"} on stdout\n";
 
-int Fail(const char* cmd, const std::string& msg) {
-  std::fprintf(stderr, "moex %s: %s\n", cmd, msg.c_str());
-  return 1;
-}
 
-int Usage(const char* cmd, const std::string& msg) {
-  std::fprintf(stderr, "moex %s: %s (see `moex %s --help`)\n", cmd, msg.c_str(), cmd);
-  return 2;
-}
 
 std::unique_ptr<Tokenizer> OpenTokenizer(const std::string& path, std::string* err) {
   absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Open(path);

@@ -11,6 +11,7 @@ int CmdLogits(int argc, char** argv);
 int CmdRun(int argc, char** argv);
 int CmdTokenize(int argc, char** argv);
 int CmdDetokenize(int argc, char** argv);
+int CmdChat(int argc, char** argv);
 
 }  // namespace moex::cli
 

@@ -17,6 +17,7 @@ constexpr char kUsage[] =
     "  logits -m MODEL --tokens 1,2,3 --out FILE  logits of every position (binary)\n"
     "  run -m MODEL (-p TEXT | --tokens IDS) -n N [sampling flags] [--json]\n"
     "                                           generate; prints text and tokens/s\n"
+    "  chat -m MODEL [--system TEXT] [-n N]     interactive chat with the model's template\n"
     "  tokenize -m MODEL (--text T | --file F) [--json] [--no-bos] [--special]\n"
     "                                           text to token ids (vocab-only files too)\n"
     "  detokenize -m MODEL --tokens 1,2,3 [--json]  token ids to text\n"
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
   if (cmd == "gen") return moex::cli::CmdGen(argc - 2, argv + 2);
   if (cmd == "logits") return moex::cli::CmdLogits(argc - 2, argv + 2);
   if (cmd == "run") return moex::cli::CmdRun(argc - 2, argv + 2);
+  if (cmd == "chat") return moex::cli::CmdChat(argc - 2, argv + 2);
   if (cmd == "tokenize") return moex::cli::CmdTokenize(argc - 2, argv + 2);
   if (cmd == "detokenize") return moex::cli::CmdDetokenize(argc - 2, argv + 2);
   std::fprintf(stderr, "moex: unknown command '%s' (see `moex --help`)\n", cmd.c_str());

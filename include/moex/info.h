@@ -33,6 +33,7 @@ struct ModelInfo {
   int64_t n_ff_exp = 0;
   int64_t n_ff_shexp = 0;
   int32_t bos_token = -1;  // -1: none
+  std::string chat_template;  // tokenizer.chat_template (Jinja text), "" when absent
   int32_t eos_token = -1;
   bool add_bos = false;
   uint64_t file_bytes = 0;

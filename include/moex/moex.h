@@ -48,7 +48,7 @@ struct SamplingOptions {
 struct GenerateOptions {
   int32_t max_tokens = 128;
   SamplingOptions sampling;
-  bool stop_at_eos = true;  // stop on the model's end-of-sequence token
+  bool stop_at_eos = true;  // stop on the model's end-of-sequence or end-of-turn token
 };
 
 // Timings of the last Generate() / Evaluate() call of a Session.
@@ -86,6 +86,12 @@ class Session {
 
   // Forgets the conversation (empties the KV cache).
   void Reset();
+  // Keeps the first n tokens of the conversation and forgets the rest, so a caller can
+  // reuse the cache for a shared prefix (a chat re-rendered each turn). n is clamped to
+  // [0, tokens().size()].
+  void TruncateTo(int64_t n);
+  // Every token of the conversation so far, prompts and generated, in order.
+  const std::vector<int32_t>& tokens() const;
   int64_t position() const;  // tokens in the KV cache
   int64_t context() const;
   const Stats& stats() const;

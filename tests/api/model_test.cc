@@ -233,6 +233,31 @@ TEST_F(SessionTest, ConversationContinuesAfterGenerate) {
   EXPECT_EQ((*s)->position(), static_cast<int64_t>(seq.size()));
 }
 
+TEST_F(SessionTest, TruncateToReusesTheSharedPrefix) {
+  auto s = model_->NewSession({});
+  GenerateOptions g;
+  g.max_tokens = 4;
+  g.stop_at_eos = false;
+  auto out = (*s)->Generate(kPrompt, g, {});
+  ASSERT_TRUE(out.ok());
+  ASSERT_EQ((*s)->tokens().size(), kPrompt.size() + 4);
+  // Keep the prompt's first 5 tokens, then continue differently: the logits must equal a
+  // fresh evaluation of that sequence, so no stale cache entry is read.
+  (*s)->TruncateTo(5);
+  EXPECT_EQ((*s)->position(), 5);
+  EXPECT_EQ((*s)->tokens(), std::vector<int32_t>(kPrompt.begin(), kPrompt.begin() + 5));
+  const std::vector<int32_t> tail = {9, 10, 11};
+  auto l = (*s)->Evaluate(tail);
+  ASSERT_TRUE(l.ok());
+  std::vector<int32_t> seq(kPrompt.begin(), kPrompt.begin() + 5);
+  seq.insert(seq.end(), tail.begin(), tail.end());
+  const std::vector<float> ref = Logits(*model_, seq);
+  EXPECT_LT(RelError(*l, std::vector<float>(ref.end() - l->size(), ref.end())), 1e-5);
+  // Truncating to the full length (including the pending sampled token) changes nothing.
+  (*s)->TruncateTo(1000);
+  EXPECT_EQ((*s)->tokens().size(), seq.size());
+}
+
 TEST(ModelTest, InfoDescribesTheFile) {
   auto spec = SmallSpec("qwen2moe", "q8_0");
   auto m = MakeModel(spec, testing::MakeTempDir());
