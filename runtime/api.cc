@@ -131,6 +131,26 @@ void Session::TruncateTo(int64_t n) {
 }
 
 const std::vector<int32_t>& Session::tokens() const { return impl_->history; }
+
+void Session::SetRoutingCallback(RoutingCallback callback) {
+  if (!callback) {
+    impl_->forward->set_routing_observer(nullptr);
+    return;
+  }
+  impl_->forward->set_routing_observer(
+      [cb = std::move(callback)](int64_t layer, const Routing& r, int64_t pos0) {
+        RoutingEvent e;
+        e.layer = static_cast<int32_t>(layer);
+        e.pos0 = pos0;
+        e.n_tokens = static_cast<int32_t>(r.n_tokens);
+        e.k = static_cast<int32_t>(r.k);
+        e.n_expert = r.n_tokens > 0 ? static_cast<int32_t>(r.probs.size() / r.n_tokens) : 0;
+        e.experts = r.experts.data();
+        e.weights = r.weights.data();
+        e.probs = r.probs.data();
+        cb(e);
+      });
+}
 int64_t Session::position() const { return impl_->kv->size(); }
 int64_t Session::context() const { return impl_->kv->capacity(); }
 const Stats& Session::stats() const { return impl_->stats; }

@@ -66,6 +66,24 @@ struct Stats {
 // Called with each generated token; return false to stop generating (cancellation).
 using TokenCallback = std::function<bool(int32_t token)>;
 
+// The router's decision in one MoE layer for a batch of tokens (positions pos0 ..
+// pos0 + n_tokens - 1 of the session): for token t, experts[t * k + j] with weight
+// weights[t * k + j], j < k, in descending weight order; probs[t * n_expert + e] is the
+// softmax over all experts. The pointers are valid only during the callback.
+struct RoutingEvent {
+  int32_t layer = 0;
+  int64_t pos0 = 0;
+  int32_t n_tokens = 0;
+  int32_t k = 0;
+  int32_t n_expert = 0;
+  const int32_t* experts = nullptr;
+  const float* weights = nullptr;
+  const float* probs = nullptr;
+};
+// Called on the session's thread after each MoE layer's routing (routing traces,
+// statistics). It must not call back into the session.
+using RoutingCallback = std::function<void(const RoutingEvent& event)>;
+
 class Model;
 
 class Session {
@@ -92,6 +110,8 @@ class Session {
   void TruncateTo(int64_t n);
   // Every token of the conversation so far, prompts and generated, in order.
   const std::vector<int32_t>& tokens() const;
+  // Observes the routing of every MoE layer from now on; an empty callback stops it.
+  void SetRoutingCallback(RoutingCallback callback);
   int64_t position() const;  // tokens in the KV cache
   int64_t context() const;
   const Stats& stats() const;

@@ -258,6 +258,35 @@ TEST_F(SessionTest, TruncateToReusesTheSharedPrefix) {
   EXPECT_EQ((*s)->tokens().size(), seq.size());
 }
 
+TEST_F(SessionTest, RoutingCallbackSeesEveryLayerAndToken) {
+  auto s = model_->NewSession({});
+  ASSERT_TRUE(s.ok());
+  std::vector<int> tokens_per_layer(2, 0);
+  (*s)->SetRoutingCallback([&](const RoutingEvent& e) {
+    ASSERT_GE(e.layer, 0);
+    ASSERT_LT(e.layer, 2);
+    EXPECT_EQ(e.k, 2);
+    EXPECT_EQ(e.n_expert, 6);
+    for (int t = 0; t < e.n_tokens; ++t) {
+      float sum = 0;
+      for (int e2 = 0; e2 < e.n_expert; ++e2) sum += e.probs[t * e.n_expert + e2];
+      EXPECT_NEAR(sum, 1.0f, 1e-5);
+      EXPECT_NE(e.experts[t * 2], e.experts[t * 2 + 1]);
+      EXPECT_GE(e.weights[t * 2], e.weights[t * 2 + 1]);  // descending
+      // qwen3moe renormalises the top-k weights.
+      EXPECT_NEAR(e.weights[t * 2] + e.weights[t * 2 + 1], 1.0f, 1e-5);
+    }
+    tokens_per_layer[e.layer] += e.n_tokens;
+  });
+  ASSERT_TRUE((*s)->Evaluate(kPrompt).ok());
+  const int32_t one[1] = {3};
+  ASSERT_TRUE((*s)->Evaluate(one).ok());
+  EXPECT_EQ(tokens_per_layer, (std::vector<int>{8, 8}));
+  (*s)->SetRoutingCallback(nullptr);
+  ASSERT_TRUE((*s)->Evaluate(one).ok());
+  EXPECT_EQ(tokens_per_layer, (std::vector<int>{8, 8}));
+}
+
 TEST(ModelTest, InfoDescribesTheFile) {
   auto spec = SmallSpec("qwen2moe", "q8_0");
   auto m = MakeModel(spec, testing::MakeTempDir());
