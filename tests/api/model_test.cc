@@ -3,6 +3,7 @@
 // quantised models stay close to the F32 model they were quantised from.
 #include <cmath>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -285,6 +286,42 @@ TEST_F(SessionTest, RoutingCallbackSeesEveryLayerAndToken) {
   (*s)->SetRoutingCallback(nullptr);
   ASSERT_TRUE((*s)->Evaluate(one).ok());
   EXPECT_EQ(tokens_per_layer, (std::vector<int>{8, 8}));
+}
+
+// The header's contract: one Model shared by many Sessions, each Session on its own
+// thread. Concurrent sessions must compute exactly what one session computes alone.
+TEST_F(SessionTest, ConcurrentSessionsOnOneModelMatchASequentialRun) {
+  const std::vector<float> expected = Logits(*model_, kPrompt);
+  GenerateOptions g;
+  g.max_tokens = 5;
+  g.stop_at_eos = false;
+  g.sampling.seed = 9;
+  auto solo = model_->NewSession({});
+  auto solo_out = (*solo)->Generate(kPrompt, g, {});
+  ASSERT_TRUE(solo_out.ok());
+
+  constexpr int kThreads = 4;
+  std::vector<std::vector<float>> logits(kThreads);
+  std::vector<std::vector<int32_t>> generated(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      auto s = model_->NewSession({});
+      if (!s.ok()) return;
+      for (int round = 0; round < 3; ++round) {
+        auto l = (*s)->Evaluate(kPrompt);
+        if (l.ok()) logits[i] = *l;
+        (*s)->Reset();
+      }
+      auto out = (*s)->Generate(kPrompt, g, {});
+      if (out.ok()) generated[i] = *out;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kThreads; ++i) {
+    EXPECT_EQ(logits[i], expected) << "thread " << i;
+    EXPECT_EQ(generated[i], *solo_out) << "thread " << i;
+  }
 }
 
 TEST(ModelTest, InfoDescribesTheFile) {
