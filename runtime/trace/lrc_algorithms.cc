@@ -1,0 +1,394 @@
+// SRP, SCH and cache-policy replay on one layer of one sequence (lrc_internal.h).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "runtime/trace/lrc_internal.h"
+
+namespace moex::lrc {
+
+// ---- SRP --------------------------------------------------------------------------------
+
+void AddSrpHistogram(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* hist) {
+  if (T < m || m < 1) return;
+  // Slide the window one token at a time. cur[c] = experts with count c in the current
+  // window; each cur[c] is added to hist[c] once per segment, lazily: only when it changes
+  // (weighted by the segments it stayed the same), so a step costs O(k), not O(m).
+  std::vector<int32_t> count(E, 0);
+  std::vector<int64_t> cur(m + 1, 0), since(m + 1, 0);
+  for (int64_t t = 0; t < m; ++t) {
+    for (int j = 0; j < k; ++j) ++count[ids[t * k + j]];
+  }
+  for (int e = 0; e < E; ++e) ++cur[count[e]];
+  auto move = [&](int from, int to, int64_t seg) {
+    hist[from] += cur[from] * (seg - since[from]);
+    since[from] = seg;
+    --cur[from];
+    hist[to] += cur[to] * (seg - since[to]);
+    since[to] = seg;
+    ++cur[to];
+  };
+  const int64_t segments = T - m + 1;
+  for (int64_t s = 1; s < segments; ++s) {  // segment s = tokens s .. s+m-1
+    for (int j = 0; j < k; ++j) {
+      const int e = ids[(s - 1) * k + j];
+      move(count[e], count[e] - 1, s);
+      --count[e];
+    }
+    for (int j = 0; j < k; ++j) {
+      const int e = ids[(s + m - 1) * k + j];
+      move(count[e], count[e] + 1, s);
+      ++count[e];
+    }
+  }
+  for (int c = 0; c <= m; ++c) hist[c] += cur[c] * (segments - since[c]);
+}
+
+SrpResult SrpFromHistogram(const uint64_t* hist, int m, int E) {
+  // M(tau) = sum_{c>=tau} c h[c]; P(tau) = m sum_{c>=tau} h[c]; A = M(0) (ALGORITHMS.md §4).
+  SrpResult r;
+  r.srp = std::numeric_limits<double>::quiet_NaN();
+  double segments = 0;
+  for (int c = 0; c <= m; ++c) segments += static_cast<double>(hist[c]);
+  double total_matches = 0;
+  for (int c = 1; c <= m; ++c) total_matches += static_cast<double>(c) * hist[c];
+  if (total_matches == 0) return r;
+  double matches = 0, sets = 0;
+  double best = -1;
+  for (int tau = m; tau >= 1; --tau) {
+    matches += static_cast<double>(tau) * hist[tau];
+    sets += static_cast<double>(hist[tau]);
+    const double v = 2 * matches / (m * sets + total_matches);
+    if (v >= best) {  // >=: on a tie the smaller tau (the paper's argmax over tau)
+      best = v;
+      r.threshold = tau;
+      r.set_size = sets;
+    }
+  }
+  r.srp = best;
+  // hist counts (segment, expert) pairs, count 0 included: E per segment.
+  r.set_size = segments > 0 ? r.set_size * E / segments : 0;
+  return r;
+}
+
+// ---- SCH: the paper's lazily sorted priority stack --------------------------------------
+
+namespace {
+
+// The experts in priority order (higher first), as a doubly linked list with sentinel E.
+// An expert's key is (uses in the look-ahead window << 32) | time of its last access. The
+// list is kept as a chain of descending runs whose heads form a second linked list; the
+// list is not fully re-sorted at each token: the exact (lazy) update rules below are those
+// of the reference implementation, so that our hit rates equal its numbers to the last
+// digit. Experts not yet seen are not in the list and link to themselves in both lists.
+class LazyPriorityStack {
+ public:
+  explicit LazyPriorityStack(int E)
+      : E_(E), key_(E + 1, 0), next_(E + 1), prev_(E + 1), hnext_(E + 1), hprev_(E + 1) {
+    for (int i = 0; i <= E; ++i) next_[i] = prev_[i] = hnext_[i] = hprev_[i] = i;
+  }
+
+  bool InList(int x) const { return next_[x] != x; }
+  int First() const { return next_[E_]; }
+  int Next(int x) const { return next_[x]; }
+  void AddFuture(int x) { key_[x] += kCount; }
+
+  // Token access of x: re-sorts the runs above x, then moves x to the top.
+  void Access(int x, uint64_t stamp) {
+    int stop;  // the run at which the fix-up of the runs above x ends
+    if (!InList(x)) {
+      stop = E_;
+    } else {
+      if (!IsHead(x)) HeadInsertAfter(RunHeadOf(x), x);
+      stop = x;
+    }
+    FixUpRunsBefore(stop);
+    if (InList(x)) Detach(x);
+    PushFront(x, stamp);
+  }
+
+  // After a token enters the look-ahead window: x's key grew, so it may now start a run,
+  // or join the run of its predecessor... only these two local repairs are made.
+  void AfterFutureGrew(int x) {
+    if (prev_[x] != E_ && hnext_[x] == kNone && key_[prev_[x]] < key_[x]) {
+      HeadInsertAfter(RunHeadOf(x), x);
+    }
+    const int n = next_[x];
+    if (n != E_ && hnext_[n] != kNone && key_[x] > key_[n]) HeadRemove(n);
+  }
+
+ private:
+  static constexpr int kNone = -1;
+  static constexpr uint64_t kCount = uint64_t{1} << 32;
+  static constexpr uint64_t kCountMask = ~(kCount - 1);
+
+  bool IsHead(int x) const { return hnext_[x] != kNone; }
+
+  // The head of the run holding x (x in the list, not a head): walk both ways in step
+  // until one side meets a head.
+  int RunHeadOf(int x) const {
+    int up = x, down = next_[x];
+    while (hnext_[up] == kNone && hnext_[down] == kNone) {
+      up = prev_[up];
+      down = next_[down];
+    }
+    return hnext_[up] == kNone ? hprev_[down] : up;
+  }
+  void HeadInsertAfter(int p, int x) {
+    const int q = hnext_[p];
+    hnext_[p] = x;
+    hprev_[x] = p;
+    hnext_[x] = q;
+    hprev_[q] = x;
+  }
+  void HeadRemove(int x) {
+    const int s = hprev_[x], t = hnext_[x];
+    hnext_[s] = t;
+    hprev_[t] = s;
+    hprev_[x] = hnext_[x] = kNone;
+  }
+  void Unlink(int c) {
+    const int a = prev_[c], b = next_[c];
+    next_[a] = b;
+    prev_[b] = a;
+  }
+  void LinkAfter(int d, int c) {
+    const int a = next_[d];
+    next_[d] = c;
+    prev_[c] = d;
+    next_[c] = a;
+    prev_[a] = c;
+  }
+  bool Descends(int a, int b) const { return a != E_ && b != E_ && key_[a] > key_[b]; }
+
+  // Moves the tail of each run before `stop` into the first later run where it belongs.
+  void FixUpRunsBefore(int stop) {
+    int p = hnext_[E_];
+    while (p != E_ && p != stop && hnext_[p] != E_ && hnext_[p] != stop) {
+      const int c = prev_[hnext_[p]];  // tail of run p
+      int r = hnext_[p];
+      while (hnext_[r] != E_ && hnext_[r] != stop && key_[prev_[hnext_[r]]] > key_[c]) {
+        r = hnext_[r];
+      }
+      // d: the last member of run r with a key above c's (search from both ends).
+      int d1 = r, d2 = hnext_[r];
+      while (hnext_[next_[d1]] == kNone && key_[next_[d1]] > key_[c] &&
+             hnext_[prev_[d2]] == kNone && key_[prev_[d2]] < key_[c]) {
+        d1 = next_[d1];
+        d2 = prev_[d2];
+      }
+      const int d = (hnext_[next_[d1]] == kNone && key_[next_[d1]] > key_[c]) ? prev_[d2] : d1;
+      const int a = prev_[c], b = next_[c];
+      Unlink(c);
+      if (IsHead(c)) HeadRemove(c);
+      if (Descends(a, b)) {  // b's run now continues a's
+        const int s = hprev_[b];
+        HeadRemove(b);
+        if (r == b) r = s;
+      }
+      LinkAfter(d, c);
+      p = r;
+    }
+  }
+
+  // Takes x (a head) out of the list, merging or re-heading its neighbours' runs.
+  void Detach(int x) {
+    const int a = prev_[x], b = next_[x];
+    Unlink(x);
+    const int c = hprev_[x], d = hnext_[x];
+    if (d == b) {  // x was a run of its own
+      if (Descends(a, b)) {
+        const int after = hnext_[d];
+        hnext_[c] = after;
+        hprev_[after] = c;
+        hprev_[d] = hnext_[d] = kNone;
+      } else {
+        hnext_[c] = d;
+        hprev_[d] = c;
+      }
+    } else if (Descends(a, b)) {
+      hnext_[c] = d;
+      hprev_[d] = c;
+    } else {
+      hnext_[c] = b;
+      hprev_[b] = c;
+      hnext_[b] = d;
+      hprev_[d] = b;
+    }
+    hprev_[x] = hnext_[x] = kNone;
+  }
+
+  void PushFront(int x, uint64_t stamp) {
+    const int q = next_[E_];
+    LinkAfter(E_, x);
+    hnext_[E_] = x;
+    hprev_[x] = E_;
+    // The access leaves the look-ahead window (it was counted in it).
+    key_[x] = ((key_[x] & kCountMask) - kCount) | stamp;
+    if (q != E_ && key_[x] > key_[q]) {
+      const int c = hnext_[q];
+      hnext_[x] = c;
+      hprev_[c] = x;
+      hprev_[q] = hnext_[q] = kNone;
+    } else {
+      hnext_[x] = q;
+      hprev_[q] = x;
+    }
+  }
+
+  int E_;
+  std::vector<uint64_t> key_;
+  std::vector<int> next_, prev_, hnext_, hprev_;
+};
+
+}  // namespace
+
+void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat) {
+  LazyPriorityStack st(E);
+  for (int64_t t = 0; t < std::min<int64_t>(m, T); ++t) {
+    for (int j = 0; j < k; ++j) st.AddFuture(ids[t * k + j]);
+  }
+  std::vector<int> rank(E, -1);
+  uint64_t stamp = 0;
+  int distinct = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const uint16_t* tok = ids + t * k;
+    // Ranks before this token's update; the walk stops once every listed expert is found.
+    int wanted = 0;
+    for (int j = 0; j < k; ++j) wanted += st.InList(tok[j]);
+    for (int p = st.First(), r = 0; wanted > 0 && p != E; p = st.Next(p), ++r) {
+      rank[p] = r;
+      for (int j = 0; j < k; ++j) wanted -= tok[j] == p;
+    }
+    for (int j = 0; j < k; ++j) {
+      if (st.InList(tok[j])) {
+        ++stat[rank[tok[j]]];
+      } else {
+        ++stat[distinct++];
+      }
+    }
+    for (int j = 0; j < k; ++j) st.Access(tok[j], ++stamp);
+    if (t + m < T) {
+      for (int j = 0; j < k; ++j) {
+        const int x = ids[(t + m) * k + j];
+        st.AddFuture(x);
+        st.AfterFutureGrew(x);
+      }
+    }
+  }
+}
+
+// ---- cache policies ---------------------------------------------------------------------
+
+namespace {
+
+// Eviction priority: higher stays. Experts of the token being served come first, so a
+// cache of at least k never evicts one expert of a token to load another.
+struct Priority {
+  int64_t current_token = -1;
+  double value = 0;
+  uint64_t stamp = 0;
+};
+bool Below(const Priority& a, const Priority& b, int64_t token) {
+  const bool ac = a.current_token == token, bc = b.current_token == token;
+  if (ac != bc) return bc;
+  if (a.value != b.value) return a.value < b.value;
+  return a.stamp < b.stamp;
+}
+
+}  // namespace
+
+void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights,
+                     const float* probs, int64_t T, int k, int E, uint64_t* stat) {
+  std::vector<Priority> pri(E);
+  std::vector<int> stack;
+  std::vector<int> depth(E, -1);
+  stack.reserve(E);
+  // Belady: the next access index of each access (T*k when none).
+  std::vector<int64_t> next_use;
+  if (policy == Policy::kBelady) {
+    next_use.assign(T * k, T * k);
+    std::vector<int64_t> seen(E, T * k);
+    for (int64_t i = T * k - 1; i >= 0; --i) {
+      next_use[i] = seen[ids[i]];
+      seen[ids[i]] = i;
+    }
+  }
+  // Score cache (§2c): S[e] <- a s[e] + (1 - a) S[e] for the top-2k, (1 - a) S[e] for the
+  // rest. Kept as S / (1 - a)^t so a token costs O(k), renormalised before it overflows.
+  constexpr double kAlpha = 0.5;
+  std::vector<double> score(E, 0.0);
+  double scale = 1.0;  // (1 - a)^-t since the last renormalisation
+  std::vector<std::pair<float, int>> top;
+  uint64_t stamp = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int j = 0; j < k; ++j) {
+      const int x = ids[t * k + j];
+      int d = depth[x];
+      if (d < 0) {  // first access: a cache with a free slot holds it
+        d = stack.size();
+        stack.push_back(x);
+      }
+      ++stat[d];
+      // Mattson's update: x to the top; at each level down to x's old place the lower of
+      // the carried expert and the resident one moves down.
+      int carry = stack[0];
+      for (int i = 1; i <= d; ++i) {
+        if (i == d) {
+          stack[i] = carry;
+          depth[carry] = i;
+          break;
+        }
+        if (Below(pri[stack[i]], pri[carry], t)) {
+          std::swap(stack[i], carry);
+          depth[stack[i]] = i;
+        }
+      }
+      stack[0] = x;
+      depth[x] = 0;
+      Priority& p = pri[x];
+      p.current_token = t;
+      p.stamp = ++stamp;
+      switch (policy) {
+        case Policy::kLru:
+          break;
+        case Policy::kLfu:
+          p.value += 1;
+          break;
+        case Policy::kBelady:
+          p.value = -static_cast<double>(next_use[t * k + j]);
+          break;
+        case Policy::kScore:
+          p.value = score[x];
+          break;
+      }
+    }
+    if (policy == Policy::kScore) {
+      scale /= (1 - kAlpha);
+      if (scale > 1e200) {
+        for (int e = 0; e < E; ++e) pri[e].value = score[e] /= scale;
+        scale = 1.0;
+      }
+      top.clear();
+      if (probs) {
+        for (int e = 0; e < E; ++e) top.emplace_back(probs[t * E + e], e);
+        const int p = std::min(2 * k, E);
+        std::partial_sort(top.begin(), top.begin() + p, top.end(),
+                          [](const auto& a, const auto& b) { return a.first > b.first; });
+        top.resize(p);
+      } else {
+        for (int j = 0; j < k; ++j) {
+          top.emplace_back(weights ? weights[t * k + j] : 1.0f / k, ids[t * k + j]);
+        }
+      }
+      for (const auto& [s, e] : top) score[e] += kAlpha * s * scale;
+      // Priorities of every expert change with the scores; only the relative order
+      // matters, so the stored (scaled) scores serve as they are.
+      for (const auto& [s, e] : top) pri[e].value = score[e];
+    }
+  }
+}
+
+}  // namespace moex::lrc

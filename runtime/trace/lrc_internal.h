@@ -1,0 +1,42 @@
+// The building blocks of AnalyzeTrace, on one layer of one sequence: routing given as
+// ids[t * k + j] (token t's j-th expert, router order). Exposed for the tests, which check
+// them against brute-force definitions.
+#ifndef MOEX_RUNTIME_TRACE_LRC_INTERNAL_H_
+#define MOEX_RUNTIME_TRACE_LRC_INTERNAL_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "moex/trace.h"
+
+namespace moex::lrc {
+
+// SRP: adds to hist[c] (size m + 1) the number of (segment, expert) pairs in which the
+// expert is chosen c times, over all segments of m consecutive tokens (T - m + 1 of them;
+// none when T < m). O(T k) whatever m.
+void AddSrpHistogram(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* hist);
+
+struct SrpResult {
+  double srp = 0;       // NaN when there is no segment
+  int threshold = 0;    // the best tau
+  double set_size = 0;  // mean |S_tau(s)| at that tau
+};
+SrpResult SrpFromHistogram(const uint64_t* hist, int m, int E);
+
+// SCH: adds to stat[r] (size E) the number of accesses found at rank r of the paper's
+// lazily sorted priority stack (ljcleo/moe-lrc, calc_fsf); hits(C) = stat[0] + ... +
+// stat[C-1]. A first access counts at rank = number of distinct experts seen before.
+void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
+
+// A cache policy replayed for every C at once (all four are priority algorithms, so a
+// cache of C+1 experts always holds the cache of C: one Mattson stack pass). stat[d] counts
+// accesses at stack depth d (a first access at depth = distinct experts so far, as SCH
+// does: a cache with a free slot holds it). `weights` (T*k) and `probs` (T*E) may be null;
+// the score policy uses the top-2k probabilities when present, else the top-k weights,
+// else 1/k each.
+void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights,
+                     const float* probs, int64_t T, int k, int E, uint64_t* stat);
+
+}  // namespace moex::lrc
+
+#endif  // MOEX_RUNTIME_TRACE_LRC_INTERNAL_H_
