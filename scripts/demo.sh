@@ -15,8 +15,7 @@ if [ ! -f "$model" ]; then
     --experts 32 --top-k 4 --ffn 512 --vocab-size 8192 --seed 1 -o "$model"
 fi
 "$moex" inspect "$model" | head -5
-echo "--- moex run (prompt: 16 token ids, 64 new tokens) ---"
-"$moex" run -m "$model" --tokens 1,300,301,302,303,304,305,306,307,308,309,310,311,312,313,314 \
-  -n 64 --seed 1 --ignore-eos
-"$moex" run -m "$model" --tokens 1,300,301,302,303,304,305,306,307,308,309,310,311,312,313,314 \
-  -n 64 --seed 1 --ignore-eos --json
+prompt="Mixture-of-Experts models route each token to a few experts."
+echo "--- moex run -p \"$prompt\" -n 64 (random weights: the words are nonsense, the speed is real) ---"
+"$moex" run -m "$model" -p "$prompt" -n 64 --seed 1 --ignore-eos
+"$moex" run -m "$model" -p "$prompt" -n 64 --seed 1 --ignore-eos --json
