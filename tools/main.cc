@@ -21,6 +21,8 @@ constexpr char kUsage[] =
     "  tokenize -m MODEL (--text T | --file F) [--json] [--no-bos] [--special]\n"
     "                                           text to token ids (vocab-only files too)\n"
     "  detokenize -m MODEL --tokens 1,2,3 [--json]  token ids to text\n"
+    "  trace -m MODEL --file TEXT [--ctx N] -o OUT.trace  record the routing on a text\n"
+    "  lrc TRACE... [--m 4,16,64] [--json] [--plot F.svg]  SRP, SCH, cache policies\n"
     "\n"
     "Run `moex <command> --help` for the flags of one command.\n";
 
@@ -40,6 +42,8 @@ int main(int argc, char** argv) {
   if (cmd == "chat") return moex::cli::CmdChat(argc - 2, argv + 2);
   if (cmd == "tokenize") return moex::cli::CmdTokenize(argc - 2, argv + 2);
   if (cmd == "detokenize") return moex::cli::CmdDetokenize(argc - 2, argv + 2);
+  if (cmd == "trace") return moex::cli::CmdTrace(argc - 2, argv + 2);
+  if (cmd == "lrc") return moex::cli::CmdLrc(argc - 2, argv + 2);
   std::fprintf(stderr, "moex: unknown command '%s' (see `moex --help`)\n", cmd.c_str());
   return 2;
 }

@@ -26,7 +26,7 @@
 namespace moex {
 
 struct TraceHeader {
-  std::string model;    // free text: the model's name or file
+  std::string model;  // free text: the model's name or file
   int32_t num_experts = 0;
   int32_t top_k = 0;
   int32_t num_layers = 0;  // MoE layers, numbered 0..num_layers-1
@@ -54,7 +54,7 @@ struct Trace {
 class TraceWriter {
  public:
   static absl::StatusOr<std::unique_ptr<TraceWriter>> Create(const std::string& path,
-                                                              const TraceHeader& header);
+                                                             const TraceHeader& header);
   ~TraceWriter();
   absl::Status BeginSequence(const std::string& name);
   // `experts` and `weights` hold top_k entries (weights may be null when the header has
@@ -101,10 +101,10 @@ absl::StatusOr<Trace> MergeTraces(std::vector<Trace> traces);
 
 struct LrcOptions {
   std::vector<int32_t> segment_lengths = {4, 16, 64, 256};  // m
-  bool policies = true;       // LRU, LFU, score (§2c), Belady replay for C = 1..E
-  int32_t bootstrap = 0;      // resamples of the sequences for 95% intervals; 0 = none
+  bool policies = true;   // LRU, LFU, score (§2c), Belady replay for C = 1..E
+  int32_t bootstrap = 0;  // resamples of the sequences for 95% intervals; 0 = none
   uint64_t seed = 1;
-  int32_t threads = 0;        // 0 = all cores
+  int32_t threads = 0;  // 0 = all cores
 };
 
 // A value with its bootstrap 95% interval (lo = hi = value without bootstrap).
@@ -121,8 +121,8 @@ inline constexpr const char* kPolicyNames[kNumPolicies] = {"lru", "lfu", "score"
 struct LrcFigures {
   int32_t layer = -1;  // -1: the model
   std::vector<Estimate> srp;
-  std::vector<int32_t> srp_threshold;   // the best tau
-  std::vector<double> srp_set_size;     // mean |S_tau(s)| at the best tau
+  std::vector<int32_t> srp_threshold;           // the best tau
+  std::vector<double> srp_set_size;             // mean |S_tau(s)| at the best tau
   std::vector<std::vector<Estimate>> sch;       // [m][c-1]
   std::vector<std::vector<Estimate>> policies;  // [Policy][c-1] (empty when off)
   // Load: share of accesses per expert (layers only), max/mean and entropy (bits; 1.0 =

@@ -46,15 +46,14 @@ struct Layout {
   }
 };
 
-void CountsOf(const Layout& lay, const uint16_t* ids, const float* w, const float* probs,
-              int64_t T, int k, uint64_t* out) {
+void CountsOf(const Layout& lay, const uint16_t* ids, const float* w, const float* probs, int64_t T,
+              int k, uint64_t* out) {
   for (size_t i = 0; i < lay.ms.size(); ++i) {
     lrc::AddSrpHistogram(ids, T, k, lay.E, lay.ms[i], out + lay.srp_off[i]);
     lrc::AddSchRanks(ids, T, k, lay.E, lay.ms[i], out + lay.sch_off[i]);
   }
   for (int p = 0; p < lay.policies; ++p) {
-    lrc::AddPolicyDepths(static_cast<Policy>(p), ids, w, probs, T, k, lay.E,
-                         out + lay.pol_off[p]);
+    lrc::AddPolicyDepths(static_cast<Policy>(p), ids, w, probs, T, k, lay.E, out + lay.pol_off[p]);
   }
   out[lay.accesses] += static_cast<uint64_t>(T) * k;
 }
@@ -166,8 +165,8 @@ void LoadStats(const Trace& tr, int layer, LrcFigures* f) {
     double top = 0, all = 0;
     std::vector<uint32_t> row(E);
     for (int e = 0; e < E; ++e) {
-      std::copy(co.begin() + static_cast<size_t>(e) * E, co.begin() + static_cast<size_t>(e + 1) * E,
-                row.begin());
+      std::copy(co.begin() + static_cast<size_t>(e) * E,
+                co.begin() + static_cast<size_t>(e + 1) * E, row.begin());
       std::partial_sort(row.begin(), row.begin() + k, row.end(), std::greater<uint32_t>());
       top += std::accumulate(row.begin(), row.begin() + k, 0.0);
       all += std::accumulate(row.begin(), row.end(), 0.0);
@@ -208,8 +207,7 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
   rep.layers.resize(L);
 
   const bool has_w = h.has_weights && tr.weights.size() == tr.experts.size();
-  const bool has_p =
-      h.has_probs && tr.probs.size() == static_cast<size_t>(tr.tokens()) * L * E;
+  const bool has_p = h.has_probs && tr.probs.size() == static_cast<size_t>(tr.tokens()) * L * E;
   tbb::task_arena arena(opt.threads > 0 ? opt.threads : tbb::task_arena::automatic);
   arena.execute([&] {
     tbb::parallel_for(0, L, [&](int l) {
@@ -233,8 +231,8 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
           std::fill(local.begin(), local.end(), 0);
           out = local.data();
         }
-        CountsOf(lay, ids.data(), has_w ? w.data() : nullptr, has_p ? p.data() : nullptr, T,
-                 k, out);
+        CountsOf(lay, ids.data(), has_w ? w.data() : nullptr, has_p ? p.data() : nullptr, T, k,
+                 out);
         if (keep_seq) {
           std::copy(local.begin(), local.end(), &seq_counts[(s * L + l) * lay.size]);
           for (size_t i = 0; i < lay.size; ++i) layer_counts[l][i] += local[i];

@@ -300,8 +300,8 @@ bool Below(const Priority& a, const Priority& b, int64_t token) {
 
 }  // namespace
 
-void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights,
-                     const float* probs, int64_t T, int k, int E, uint64_t* stat) {
+void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, const float* probs,
+                     int64_t T, int k, int E, uint64_t* stat) {
   std::vector<Priority> pri(E);
   std::vector<int> stack;
   std::vector<int> depth(E, -1);

@@ -34,8 +34,8 @@ void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* 
 // does: a cache with a free slot holds it). `weights` (T*k) and `probs` (T*E) may be null;
 // the score policy uses the top-2k probabilities when present, else the top-k weights,
 // else 1/k each.
-void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights,
-                     const float* probs, int64_t T, int k, int E, uint64_t* stat);
+void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, const float* probs,
+                     int64_t T, int k, int E, uint64_t* stat);
 
 }  // namespace moex::lrc
 

@@ -1,11 +1,11 @@
 // Trace files (docs/TRACE_FORMAT.md), and imports of other engines' traces (CSV, the
 // Mixtral JSON-lines dumps).
 #include <algorithm>
-#include <charconv>
-#include <cstdlib>
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -74,9 +74,9 @@ absl::StatusOr<std::unique_ptr<TraceWriter>> TraceWriter::Create(const std::stri
   if (header.num_experts < 1 || header.num_experts > static_cast<int32_t>(kMaxExperts) ||
       header.top_k < 1 || header.top_k > header.num_experts || header.num_layers < 1 ||
       header.num_layers > static_cast<int32_t>(kMaxLayers) || header.model.size() > kMaxName) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": bad trace shape: ", header.num_experts, " experts, top-",
-                     header.top_k, ", ", header.num_layers, " layers"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": bad trace shape: ", header.num_experts,
+                                                   " experts, top-", header.top_k, ", ",
+                                                   header.num_layers, " layers"));
   }
   auto impl = std::make_unique<Impl>();
   impl->path = path;
@@ -129,8 +129,8 @@ absl::Status TraceWriter::Add(int64_t token, int32_t layer, const int32_t* exper
   const size_t cell = static_cast<size_t>(token) * h.num_layers + layer;
   for (int j = 0; j < h.top_k; ++j) {
     if (experts[j] < 0 || experts[j] >= h.num_experts) {
-      return absl::InvalidArgumentError(absl::StrCat("trace: expert id ", experts[j],
-                                                     " outside 0..", h.num_experts - 1));
+      return absl::InvalidArgumentError(
+          absl::StrCat("trace: expert id ", experts[j], " outside 0..", h.num_experts - 1));
     }
     w.experts[cell * h.top_k + j] = experts[j];
     if (h.has_weights) w.weights[cell * h.top_k + j] = weights ? weights[j] : 0.0f;
@@ -202,8 +202,8 @@ class Cursor {
   bool done() const { return pos_ == data_.size(); }
   absl::Status Need(uint64_t n, std::string_view what) const {
     if (n > data_.size() - pos_) {
-      return absl::DataLossError(absl::StrCat(path_, ": truncated at byte ", pos_, " (",
-                                              std::string(what), ")"));
+      return absl::DataLossError(
+          absl::StrCat(path_, ": truncated at byte ", pos_, " (", std::string(what), ")"));
     }
     return absl::OkStatus();
   }
@@ -244,8 +244,8 @@ absl::StatusOr<TraceHeader> ParseHeader(const std::string& path, Cursor* c) {
   MOEX_ASSIGN_OR_RETURN(uint32_t name_len, c->U32("model name length"));
   if (e < 1 || e > kMaxExperts || k < 1 || k > kMaxTopK || k > e || l < 1 || l > kMaxLayers ||
       name_len > kMaxName || (flags & ~(kFlagWeights | kFlagProbs))) {
-    return absl::DataLossError(absl::StrCat(path, ": bad header (", e, " experts, top-", k,
-                                            ", ", l, " layers, flags ", flags, ")"));
+    return absl::DataLossError(absl::StrCat(path, ": bad header (", e, " experts, top-", k, ", ", l,
+                                            " layers, flags ", flags, ")"));
   }
   MOEX_RETURN_IF_ERROR(c->Need(name_len, "model name"));
   h.model.assign(c->Take(name_len), name_len);
@@ -281,8 +281,8 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path, const ReadTraceOptions&
     const std::string seq = absl::StrCat("sequence ", t.seq_names.size());
     MOEX_ASSIGN_OR_RETURN(uint32_t name_len, c.U32(seq + " name length"));
     if (name_len > kMaxName) {
-      return absl::DataLossError(absl::StrCat(path, ": ", seq, " name length ", name_len,
-                                              " at byte ", c.pos() - 4));
+      return absl::DataLossError(
+          absl::StrCat(path, ": ", seq, " name length ", name_len, " at byte ", c.pos() - 4));
     }
     MOEX_RETURN_IF_ERROR(c.Need(name_len, seq + " name"));
     t.seq_names.emplace_back(c.Take(name_len), name_len);
@@ -355,8 +355,7 @@ struct RowSet {
     return it->second;
   }
   absl::Status Bad(int64_t line, std::string_view why) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ":", line, ": ", std::string(why)));
+    return absl::InvalidArgumentError(absl::StrCat(path, ":", line, ": ", std::string(why)));
   }
 };
 
@@ -368,6 +367,7 @@ absl::StatusOr<Trace> Assemble(RowSet& rs, int32_t num_experts, int64_t* dropped
   for (int32_t id : rs.ids) max_id = std::max(max_id, id);
   for (const Row& r : rs.rows) layers = std::max(layers, r.layer + 1);
   Trace t;
+  t.header.model = rs.path;  // imports carry no model name
   t.header.num_experts = num_experts > 0 ? num_experts : max_id + 1;
   t.header.top_k = rs.k;
   t.header.num_layers = layers;
@@ -384,8 +384,8 @@ absl::StatusOr<Trace> Assemble(RowSet& rs, int32_t num_experts, int64_t* dropped
     return absl::InvalidArgumentError(absl::StrCat(rs.path, ": too many experts"));
   }
   if (rs.k > t.header.num_experts) {
-    return absl::InvalidArgumentError(absl::StrCat(rs.path, ": top-", rs.k, " of ",
-                                                   t.header.num_experts, " experts"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(rs.path, ": top-", rs.k, " of ", t.header.num_experts, " experts"));
   }
   // Row index per (token, layer) of each sequence; -1 = missing.
   std::vector<std::vector<int64_t>> grid(rs.seq_names.size());
@@ -395,8 +395,8 @@ absl::StatusOr<Trace> Assemble(RowSet& rs, int32_t num_experts, int64_t* dropped
     const size_t cell = static_cast<size_t>(r.token) * layers + r.layer;
     if (g.size() <= cell) g.resize((r.token + 1) * static_cast<size_t>(layers), -1);
     if (g[cell] >= 0) {
-      return rs.Bad(r.line, absl::StrCat("token ", r.token, " layer ", r.layer,
-                                         " repeats line ", rs.rows[g[cell]].line));
+      return rs.Bad(r.line, absl::StrCat("token ", r.token, " layer ", r.layer, " repeats line ",
+                                         rs.rows[g[cell]].line));
     }
     g[cell] = i;
   }
@@ -424,9 +424,9 @@ absl::StatusOr<Trace> Assemble(RowSet& rs, int32_t num_experts, int64_t* dropped
         if (full) {
           int l = 0;
           while (g[tok * layers + l] >= 0) ++l;
-          return absl::InvalidArgumentError(absl::StrCat(
-              rs.path, ": sequence '", rs.seq_names[s], "' token ", tok, " has no row for layer ",
-              l, " (later tokens are complete)"));
+          return absl::InvalidArgumentError(absl::StrCat(rs.path, ": sequence '", rs.seq_names[s],
+                                                         "' token ", tok, " has no row for layer ",
+                                                         l, " (later tokens are complete)"));
         }
       }
     }
@@ -502,8 +502,7 @@ absl::Status AddRow(RowSet& rs, int64_t line, int32_t seq, int64_t token, int32_
   Row r{seq, token, layer, line, rs.ids.size()};
   for (int j = 0; j < k; ++j) {
     int32_t id;
-    if (!ParseInt(experts[j], &id) || id < 0 ||
-        id >= static_cast<int32_t>(kMaxExperts)) {
+    if (!ParseInt(experts[j], &id) || id < 0 || id >= static_cast<int32_t>(kMaxExperts)) {
       return rs.Bad(line, absl::StrCat("bad expert id '", std::string(experts[j]), "'"));
     }
     for (int i = 0; i < j; ++i) {
@@ -556,7 +555,8 @@ absl::StatusOr<Trace> ImportCsv(const std::string& path, int32_t num_experts,
           return rs.Bad(line_no, absl::StrCat("unknown column '", std::string(name),
                                               "' (want [seq,]token,layer,experts[,weights])"));
         }
-        if (*col >= 0) return rs.Bad(line_no, absl::StrCat("column '", std::string(name), "' twice"));
+        if (*col >= 0)
+          return rs.Bad(line_no, absl::StrCat("column '", std::string(name), "' twice"));
         *col = i;
       }
       if (col_token < 0 || col_layer < 0 || col_experts < 0) {
@@ -650,9 +650,9 @@ absl::StatusOr<Trace> ImportMixtralJsonl(const std::string& path, int32_t num_ex
     const std::vector<std::string_view> e = Split(experts.substr(1, experts.size() - 2), ',');
     const std::vector<std::string_view> w = Split(probs.substr(1, probs.size() - 2), ',');
     // Sequence names as in the reference CSV: "<dataset>-<problem_id>".
-    const std::string name =
-        dataset.empty() ? std::string(problem)
-                        : absl::StrCat(std::string(dataset), "-", std::string(problem));
+    const std::string name = dataset.empty()
+                                 ? std::string(problem)
+                                 : absl::StrCat(std::string(dataset), "-", std::string(problem));
     MOEX_RETURN_IF_ERROR(AddRow(rs, line_no, rs.SeqId(name), token, layer, e, &w));
   }
   return Assemble(rs, num_experts, dropped_tokens);
@@ -665,9 +665,9 @@ absl::StatusOr<Trace> MergeTraces(std::vector<Trace> traces) {
     Trace& t = traces[i];
     const TraceHeader &a = out.header, &b = t.header;
     if (a.num_layers != b.num_layers || a.top_k != b.top_k) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "trace ", i + 1, " has ", b.num_layers, " layers top-", b.top_k, ", trace 1 has ",
-          a.num_layers, " layers top-", a.top_k));
+      return absl::InvalidArgumentError(absl::StrCat("trace ", i + 1, " has ", b.num_layers,
+                                                     " layers top-", b.top_k, ", trace 1 has ",
+                                                     a.num_layers, " layers top-", a.top_k));
     }
     out.header.num_experts = std::max(a.num_experts, b.num_experts);
     if (a.has_weights != b.has_weights) {

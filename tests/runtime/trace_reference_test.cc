@@ -130,11 +130,11 @@ TEST(TraceReferenceTest, MixtralGsm8kMatchesThePapersCode) {
   ASSERT_TRUE(rep.ok()) << rep.status();
   ExpectMatches(*rep, ReadJson(dir + "/traces/reference/mixtral-gsm8k-ref.json"));
   const LrcFigures& m = rep->model;
-  std::printf("Mixtral-8x7B gsm8k: SRP m=16 %.6f; SCH m=16 C=k %.6f C=2k %.6f; "
-              "LRU C=k %.6f C=2k %.6f; Belady C=k %.6f C=2k %.6f\n",
-              m.srp[1].value, m.sch[1][1].value, m.sch[1][3].value,
-              m.policies[0][1].value, m.policies[0][3].value, m.policies[3][1].value,
-              m.policies[3][3].value);
+  std::printf(
+      "Mixtral-8x7B gsm8k: SRP m=16 %.6f; SCH m=16 C=k %.6f C=2k %.6f; "
+      "LRU C=k %.6f C=2k %.6f; Belady C=k %.6f C=2k %.6f\n",
+      m.srp[1].value, m.sch[1][1].value, m.sch[1][3].value, m.policies[0][1].value,
+      m.policies[0][3].value, m.policies[3][1].value, m.policies[3][3].value);
 
   // The JSON-lines original gives the same trace as the reference CSV made from it.
   absl::StatusOr<Trace> j = ImportMixtralJsonl(
