@@ -486,7 +486,7 @@ int CmdLrc(int argc, char** argv) {
                                            : "trace";
     int64_t dropped = 0;
     absl::StatusOr<Trace> t = f == "csv"     ? ImportCsv(path, experts, &dropped)
-                              : f == "trace" ? ReadTrace(path)
+                              : f == "trace" ? ReadTrace(path, ReadTraceOptions{.load_probs = true})
                                              : ImportMixtralJsonl(path, experts, &dropped);
     if (!t.ok()) return Fail("lrc", std::string(t.status().message()));
     if (dropped > 0) {

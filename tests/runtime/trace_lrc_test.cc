@@ -48,8 +48,8 @@ double BruteSrp(const std::vector<uint16_t>& ids, int T, int k, int E, int m) {
 // A policy simulated directly for one cache size C: a demand cache that evicts the
 // resident expert of lowest priority; a first access to an expert while the cache has a
 // free slot counts as a hit (as AddPolicyDepths documents).
-double BrutePolicy(Policy p, const std::vector<uint16_t>& ids, const std::vector<float>& w,
-                   int T, int k, int E, int C) {
+double BrutePolicy(Policy p, const std::vector<uint16_t>& ids, const std::vector<float>& w, int T,
+                   int k, int E, int C) {
   std::vector<double> value(E, 0), score(E, 0);
   std::vector<int64_t> stamp(E, 0), cur(E, -1);
   std::set<int> cache, seen;
