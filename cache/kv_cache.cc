@@ -1,38 +1,187 @@
 #include "cache/kv_cache.h"
 
-#include <new>
+#include <algorithm>
+#include <atomic>
 
 #include "absl/strings/str_cat.h"
+#include "kernels_cpu/ops.h"
+#include "tbb/parallel_for.h"
 
 namespace moex {
 
-absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(int64_t n_layer, int64_t n_ctx,
-                                                         int64_t kv_dim) {
-  if (n_layer <= 0 || n_ctx <= 0 || kv_dim <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache: bad shape layers=", n_layer,
-                                                   " ctx=", n_ctx, " kv_dim=", kv_dim));
+using kcpu::GgmlType;
+
+absl::StatusOr<GgmlType> ParseKvType(std::string_view name) {
+  if (name == "f32") return GgmlType::kF32;
+  if (name == "f16") return GgmlType::kF16;
+  if (name == "bf16") return GgmlType::kBF16;
+  if (name == "q8") return GgmlType::kQ8_0;
+  if (name == "q4") return GgmlType::kQ4_1;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown KV type '", std::string(name), "' (f32, f16, bf16, q8, q4)"));
+}
+
+const char* KvTypeName(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF16: return "f16";
+    case GgmlType::kBF16: return "bf16";
+    case GgmlType::kQ8_0: return "q8";
+    case GgmlType::kQ4_1: return "q4";
+    default: return "f32";
   }
-  const int64_t bytes = 2 * n_layer * n_ctx * kv_dim * static_cast<int64_t>(sizeof(float));
-  std::unique_ptr<KvCache> c(new KvCache(n_layer, n_ctx, kv_dim));
-  const size_t n = static_cast<size_t>(bytes / sizeof(float));
-  // nothrow: moex reports exhaustion as a Status instead of terminating.
-  c->data_.reset(new (std::nothrow) float[n]);
-  if (c->data_ == nullptr) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache: cannot allocate ", bytes, " bytes for a context of ", n_ctx,
-                     " tokens; use a smaller context (-c)"));
+}
+
+KvCache::KvCache(const Options& o) : o_(o) {}
+
+absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
+  if (o.n_layer <= 0 || o.n_ctx <= 0 || o.n_head_kv <= 0 || o.head_dim <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: bad shape layers=", o.n_layer,
+                                                   " ctx=", o.n_ctx, " kv heads=", o.n_head_kv,
+                                                   " head dim=", o.head_dim));
   }
-  // Not zero-filled: attention reads only positions already written, and untouched pages
-  // of a large context never become resident.
+  const kcpu::TypeTraits& tt = kcpu::GetTypeTraits(o.type);
+  if (o.head_dim % tt.block_elems != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV type ", KvTypeName(o.type), " stores blocks of ", tt.block_elems,
+        " values, which do not divide the head dimension ", o.head_dim, "; use f16"));
+  }
+  std::unique_ptr<KvCache> c(new KvCache(o));
+  c->row_bytes_ = kcpu::RowBytes(tt, o.head_dim);
+  c->budget_ = o.policy.BudgetFor(o.n_ctx);
+  c->policy_ = MakeKvPolicy(o.policy);
+  c->heads_.resize(o.n_layer * o.n_head_kv);
   return c;
 }
+
 absl::Status KvCache::Reserve(int64_t n_new) const {
-  if (n_past_ + n_new > n_ctx_) {
-    return absl::OutOfRangeError(absl::StrCat("context overflow: ", n_past_, " tokens in the cache + ",
-                                              n_new, " new > context size ", n_ctx_,
+  if (n_past_ + n_new > o_.n_ctx) {
+    return absl::OutOfRangeError(absl::StrCat("context overflow: ", n_past_,
+                                              " tokens in the cache + ", n_new,
+                                              " new > context size ", o_.n_ctx,
                                               " (raise it with -c)"));
   }
   return absl::OkStatus();
+}
+
+void KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k, const float* v) {
+  const int64_t hd = o_.head_dim, kv_dim = o_.n_head_kv * hd;
+  for (int64_t h = 0; h < o_.n_head_kv; ++h) {
+    Head& s = head(layer, h);
+    for (int64_t t = 0; t < n; ++t) {
+      int32_t slot;
+      if (!s.free.empty()) {
+        slot = s.free.back();
+        s.free.pop_back();
+      } else {
+        slot = static_cast<int32_t>(s.k.size() / row_bytes_);
+        s.k.resize(s.k.size() + row_bytes_);
+        s.v.resize(s.v.size() + row_bytes_);
+      }
+      kcpu::QuantizeRow(o_.type, k + t * kv_dim + h * hd, s.k.data() + slot * row_bytes_, hd);
+      kcpu::QuantizeRow(o_.type, v + t * kv_dim + h * hd, s.v.data() + slot * row_bytes_, hd);
+      s.slot.push_back(slot);
+      s.pos.push_back(pos0 + t);
+      s.acc.push_back(0.0f);
+      s.last.push_back(0.0f);
+    }
+  }
+  kept_rows_ += n * o_.n_head_kv;
+  UpdatePeak();
+}
+
+void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_t pos0,
+                         int64_t n_head, float scale, float* out) {
+  const int64_t hd = o_.head_dim, group = n_head / o_.n_head_kv, q_stride = n_head * hd;
+  const int64_t m = static_cast<int64_t>(s.slot.size());
+  // Kept rows as F32, contiguous (for f32 rows this is a copy; the arithmetic on them
+  // is unchanged).
+  std::vector<float> kf(m * hd), vf(m * hd), p(m);
+  for (int64_t i = 0; i < m; ++i) {
+    kcpu::DequantizeRow(o_.type, s.k.data() + s.slot[i] * row_bytes_, kf.data() + i * hd, hd);
+    kcpu::DequantizeRow(o_.type, s.v.data() + s.slot[i] * row_bytes_, vf.data() + i * hd, hd);
+  }
+  std::fill(s.last.begin(), s.last.end(), 0.0f);
+  for (int64_t t = 0; t < n; ++t) {
+    // Entries are in position order, so the causal mask keeps a prefix.
+    const int64_t visible = std::upper_bound(s.pos.begin(), s.pos.end(), pos0 + t) - s.pos.begin();
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t h = kvh * group + g;
+      const float* qh = q + t * q_stride + h * hd;
+      for (int64_t i = 0; i < visible; ++i) p[i] = kcpu::Dot(qh, kf.data() + i * hd, hd) * scale;
+      kcpu::Softmax(p.data(), visible);
+      float* oh = out + t * q_stride + h * hd;
+      std::fill(oh, oh + hd, 0.0f);
+      for (int64_t i = 0; i < visible; ++i) {
+        kcpu::Axpy(p[i], vf.data() + i * hd, oh, hd);
+        s.acc[i] += p[i];
+        s.last[i] += p[i];
+      }
+    }
+  }
+}
+
+void KvCache::Attend(int64_t layer, const float* q, int64_t n, int64_t pos0, int64_t n_head,
+                     float scale, float* out) {
+  std::atomic<int64_t> evicted{0};
+  tbb::parallel_for(int64_t{0}, o_.n_head_kv, [&](int64_t h) {
+    Head& s = head(layer, h);
+    AttendHead(s, h, q, n, pos0, n_head, scale, out);
+    const int64_t before = static_cast<int64_t>(s.slot.size());
+    if (policy_->evicts() && before > budget_) Compress(s);
+    evicted += before - static_cast<int64_t>(s.slot.size());
+  });
+  kept_rows_ -= evicted.load();
+}
+
+void KvCache::Compress(Head& s) {
+  std::vector<int32_t> evict;
+  policy_->SelectEvictions(KvHeadView{s.pos, s.acc, s.last}, budget_, &evict);
+  if (evict.empty()) return;
+  std::vector<char> drop(s.slot.size(), 0);
+  for (int32_t i : evict) drop[i] = 1;
+  size_t w = 0;
+  for (size_t i = 0; i < s.slot.size(); ++i) {
+    if (drop[i]) {
+      s.free.push_back(s.slot[i]);
+      continue;
+    }
+    s.slot[w] = s.slot[i];
+    s.pos[w] = s.pos[i];
+    s.acc[w] = s.acc[i];
+    s.last[w] = s.last[i];
+    ++w;
+  }
+  s.slot.resize(w);
+  s.pos.resize(w);
+  s.acc.resize(w);
+  s.last.resize(w);
+}
+
+void KvCache::UpdatePeak() { peak_rows_ = std::max(peak_rows_, kept_rows_); }
+
+void KvCache::Clear() {
+  for (Head& s : heads_) s = Head{};
+  n_past_ = 0;
+  kept_rows_ = 0;
+  peak_rows_ = 0;
+}
+
+void KvCache::Truncate(int64_t n) {
+  if (n < 0 || n >= n_past_) return;
+  for (Head& s : heads_) {
+    const size_t keep = std::lower_bound(s.pos.begin(), s.pos.end(), n) - s.pos.begin();
+    for (size_t i = keep; i < s.slot.size(); ++i) s.free.push_back(s.slot[i]);
+    kept_rows_ -= static_cast<int64_t>(s.slot.size() - keep);
+    s.slot.resize(keep);
+    s.pos.resize(keep);
+    s.acc.resize(keep);
+    s.last.resize(keep);
+  }
+  n_past_ = n;
+}
+
+std::vector<int64_t> KvCache::KeptPositions(int64_t layer, int64_t h) const {
+  return head(layer, h).pos;
 }
 
 }  // namespace moex

@@ -1,53 +1,109 @@
-// The KV cache of one sequence: keys and values of every layer and position, F32.
+// The KV cache of one sequence, with compression: the keys and values of every layer,
+// KV head and kept position, stored in a chosen element type, and the attention that
+// reads them.
 //
-// Capacity is fixed at creation (the context size); appending past it is a
-// kOutOfRange error naming the limit, never a silent overwrite. Compression policies
-// (StreamingLLM, H2O, SnapKV, quantised KV: issue "KV-cache compression") will sit
-// behind this class, which is why attention reads it through K()/V() and a length.
-// Thread-safety: one sequence, one thread at a time (the Session's).
+// Storage is per (layer, KV head): a pool of row slots (one key row and one value row of
+// head_dim values each) that grows on demand and reuses the slots of evicted positions,
+// so resident memory follows the number of positions kept, not the context size. Rows
+// are stored as f32, f16, bf16, q8 (Q8_0 blocks: int8 with one scale per 32 values) or
+// q4 (Q4_1 blocks: 4 bits with a scale and a minimum per 32 values), quantised per token;
+// attention dequantises kept rows on the fly, never a full copy of the cache.
+//
+// After each batch of queries, Attend() hands every (layer, KV head) holding more than
+// the budget to the policy (cache/kv_policy.h), which picks what to evict from the
+// attention statistics gathered here. Keys are stored after RoPE, so kept positions keep
+// their original positions. With the `full` policy and f32 rows the arithmetic is exactly
+// that of a plain cache (kernels_cpu/attention.h), bit for bit.
+//
+// The context size bounds the positions of a sequence; appending past it is kOutOfRange,
+// never a silent overwrite. Thread-safety: one sequence, one thread at a time (the
+// Session's); Attend parallelises over heads internally.
 #ifndef MOEX_CACHE_KV_CACHE_H_
 #define MOEX_CACHE_KV_CACHE_H_
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cache/kv_policy.h"
+#include "kernels_cpu/quant.h"
 
 namespace moex {
 
+// "f32", "f16", "bf16", "q8", "q4" -> the block type rows are stored in.
+absl::StatusOr<kcpu::GgmlType> ParseKvType(std::string_view name);
+const char* KvTypeName(kcpu::GgmlType type);
+
 class KvCache {
  public:
-  // kv_dim = n_head_kv * head_dim. Errors: kResourceExhausted when the cache cannot be
-  // allocated (the message gives the bytes asked for).
-  static absl::StatusOr<std::unique_ptr<KvCache>> Create(int64_t n_layer, int64_t n_ctx,
-                                                         int64_t kv_dim);
+  struct Options {
+    int64_t n_layer = 0;
+    int64_t n_ctx = 0;  // positions of the sequence
+    int64_t n_head_kv = 0;
+    int64_t head_dim = 0;
+    kcpu::GgmlType type = kcpu::GgmlType::kF32;
+    KvPolicyConfig policy;
+  };
+  // Errors: kInvalidArgument for a bad shape, or a quantised type whose blocks do not
+  // divide head_dim.
+  static absl::StatusOr<std::unique_ptr<KvCache>> Create(const Options& options);
 
-  int64_t capacity() const { return n_ctx_; }
-  int64_t size() const { return n_past_; }
-  int64_t kv_dim() const { return kv_dim_; }
-  int64_t bytes() const { return 2 * n_layer_ * n_ctx_ * kv_dim_ * int64_t{sizeof(float)}; }
+  int64_t capacity() const { return o_.n_ctx; }
+  int64_t size() const { return n_past_; }  // positions seen (kept or not)
+  int64_t budget() const { return budget_; }
+  const Options& options() const { return o_; }
 
-  // Checks that n_new more positions fit.
+  // Checks that n_new more positions fit in the context.
   absl::Status Reserve(int64_t n_new) const;
-  // Rows of layer `layer`, position 0 first, kv_dim() floats per row.
-  float* K(int64_t layer) { return data_.get() + (2 * layer) * n_ctx_ * kv_dim_; }
-  float* V(int64_t layer) { return data_.get() + (2 * layer + 1) * n_ctx_ * kv_dim_; }
-  // Marks n_new positions as written (after every layer wrote them).
-  void Advance(int64_t n_new) { n_past_ += n_new; }
-  void Clear() { n_past_ = 0; }
-  // Forgets every position from n on (a no-op when n >= size()).
-  void Truncate(int64_t n) {
-    if (n >= 0 && n < n_past_) n_past_ = n;
-  }
+  // Stores the keys and values of n tokens at positions pos0.. for `layer`: k and v are
+  // [n][n_head_kv * head_dim], keys after RoPE.
+  void Append(int64_t layer, int64_t pos0, int64_t n, const float* k, const float* v);
+  // Causal attention of n queries q[n][n_head * head_dim] at positions pos0.. over the
+  // kept positions of `layer` (query head h reads KV head h / (n_head / n_head_kv));
+  // writes out[n][n_head * head_dim]; then lets the policy bring each head within budget.
+  void Attend(int64_t layer, const float* q, int64_t n, int64_t pos0, int64_t n_head,
+              float scale, float* out);
+  // Marks n positions as done (after every layer appended and attended them).
+  void Advance(int64_t n) { n_past_ += n; }
+  void Clear();
+  // Forgets positions >= n.
+  void Truncate(int64_t n);
+
+  // Bytes of the kept rows now, and the most there have been since creation or Clear.
+  int64_t bytes() const { return kept_rows_ * row_bytes_ * 2; }
+  int64_t peak_bytes() const { return peak_rows_ * row_bytes_ * 2; }
+  // Positions kept for (layer, KV head), in position order.
+  std::vector<int64_t> KeptPositions(int64_t layer, int64_t head) const;
 
  private:
-  KvCache(int64_t n_layer, int64_t n_ctx, int64_t kv_dim)
-      : n_layer_(n_layer), n_ctx_(n_ctx), kv_dim_(kv_dim) {}
-  int64_t n_layer_, n_ctx_, kv_dim_;
+  struct Head {
+    std::vector<uint8_t> k, v;  // slot-major rows of row_bytes_
+    std::vector<int32_t> free;  // reusable slots
+    // Kept entries, in position order.
+    std::vector<int32_t> slot;
+    std::vector<int64_t> pos;
+    std::vector<float> acc, last;
+  };
+
+  explicit KvCache(const Options& o);
+  Head& head(int64_t layer, int64_t h) { return heads_[layer * o_.n_head_kv + h]; }
+  const Head& head(int64_t layer, int64_t h) const { return heads_[layer * o_.n_head_kv + h]; }
+  void AttendHead(Head& hd, int64_t kv_head, const float* q, int64_t n, int64_t pos0,
+                  int64_t n_head, float scale, float* out);
+  void Compress(Head& hd);
+  void UpdatePeak();
+
+  Options o_;
+  int64_t row_bytes_ = 0;
+  int64_t budget_ = 0;
+  std::unique_ptr<KvPolicy> policy_;
+  std::vector<Head> heads_;
   int64_t n_past_ = 0;
-  std::unique_ptr<float[]> data_;
+  int64_t kept_rows_ = 0;  // over all heads (a key row and a value row each)
+  int64_t peak_rows_ = 0;
 };
 
 }  // namespace moex

@@ -103,7 +103,14 @@ absl::StatusOr<std::unique_ptr<Session>> Model::NewSession(const SessionOptions&
   }
   auto s = std::make_unique<Session::Impl>();
   s->model = impl_.get();
-  MOEX_ASSIGN_OR_RETURN(s->kv, KvCache::Create(hp.n_layer, ctx, hp.kv_dim()));
+  KvCache::Options ko;
+  ko.n_layer = hp.n_layer;
+  ko.n_ctx = ctx;
+  ko.n_head_kv = hp.n_head_kv;
+  ko.head_dim = hp.head_dim;
+  MOEX_ASSIGN_OR_RETURN(ko.type, ParseKvType(options.kv_type));
+  MOEX_ASSIGN_OR_RETURN(ko.policy, ParseKvPolicy(options.kv_policy));
+  MOEX_ASSIGN_OR_RETURN(s->kv, KvCache::Create(ko));
   s->forward = std::make_unique<Forward>(&impl_->weights, s->kv.get());
   return std::unique_ptr<Session>(new Session(std::move(s)));
 }
@@ -153,6 +160,8 @@ void Session::SetRoutingCallback(RoutingCallback callback) {
 }
 int64_t Session::position() const { return impl_->kv->size(); }
 int64_t Session::context() const { return impl_->kv->capacity(); }
+int64_t Session::kv_bytes() const { return impl_->kv->bytes(); }
+int64_t Session::kv_peak_bytes() const { return impl_->kv->peak_bytes(); }
 const Stats& Session::stats() const { return impl_->stats; }
 
 namespace {

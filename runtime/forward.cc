@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "kernels_cpu/attention.h"
 #include "kernels_cpu/ops.h"
 #include "runtime/core/status_macros.h"
 
@@ -46,20 +45,16 @@ void Forward::Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, f
     NormRows(k_.data(), l.k_norm, n, KV, per_head ? hp.head_dim : KV, hp.rms_eps);
   }
   const bool neox = hp.arch->rope == RopeStyle::kNeox;
-  float* kc = kv_->K(il);
-  float* vc = kv_->V(il);
   for (int64_t t = 0; t < n; ++t) {
     kcpu::Rope(q_.data() + t * Q, hp.n_head, hp.head_dim, hp.n_rot, pos0 + t, hp.rope_freq_base,
                neox);
     kcpu::Rope(k_.data() + t * KV, hp.n_head_kv, hp.head_dim, hp.n_rot, pos0 + t,
                hp.rope_freq_base, neox);
-    std::copy_n(k_.data() + t * KV, KV, kc + (pos0 + t) * KV);
-    std::copy_n(v_.data() + t * KV, KV, vc + (pos0 + t) * KV);
   }
-  kcpu::AttentionShape shape{hp.n_head, hp.n_head_kv, hp.head_dim,
-                             1.0f / std::sqrt(static_cast<float>(hp.head_dim))};
+  kv_->Append(il, pos0, n, k_.data(), v_.data());
   attn_.resize(n * Q);
-  kcpu::CausalAttention(shape, q_.data(), n, pos0, kc, vc, KV, attn_.data());
+  kv_->Attend(il, q_.data(), n, pos0, hp.n_head, 1.0f / std::sqrt(static_cast<float>(hp.head_dim)),
+              attn_.data());
   kcpu::MatMul(l.wo.type, l.wo.data, hp.n_embd, Q, attn_.data(), n, out);
 }
 

@@ -33,6 +33,12 @@ struct ModelOptions {
 struct SessionOptions {
   // Context size in tokens (prompt + generated); 0 = min(model's trained context, 4096).
   int64_t context = 0;
+  // Element type of the KV cache rows: f32, f16, bf16, q8 (8-bit, a scale per 32 values),
+  // q4 (4-bit, a scale and minimum per 32 values).
+  std::string kv_type = "f32";
+  // KV-cache compression: "full", or "streaming|h2o|snapkv[:budget=N|F,window=N,sinks=N,
+  // pool=N]" with a budget in tokens per KV head or as a fraction of the context.
+  std::string kv_policy = "full";
 };
 
 struct SamplingOptions {
@@ -114,6 +120,10 @@ class Session {
   void SetRoutingCallback(RoutingCallback callback);
   int64_t position() const;  // tokens in the KV cache
   int64_t context() const;
+  // Bytes of the KV cache's kept rows now, and the peak since the session started or
+  // was Reset.
+  int64_t kv_bytes() const;
+  int64_t kv_peak_bytes() const;
   const Stats& stats() const;
 
  private:
