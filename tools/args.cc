@@ -170,7 +170,14 @@ int Usage(const char* cmd, const std::string& msg) {
 
 std::set<std::string> WithSampling(std::set<std::string> flags) {
   for (const char* f : kSamplingFlags) flags.insert(f);
+  flags.insert("kv-policy");
+  flags.insert("kv-type");
   return flags;
+}
+
+void ParseKv(const Args& a, SessionOptions* s) {
+  s->kv_policy = a.Str("kv-policy", s->kv_policy);
+  s->kv_type = a.Str("kv-type", s->kv_type);
 }
 
 void ParseSampling(const Args& a, SamplingOptions* s, std::string* err) {

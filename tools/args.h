@@ -48,8 +48,11 @@ int Usage(const char* cmd, const std::string& msg);
 inline constexpr const char* kSamplingFlags[] = {"temp", "top-k", "top-p", "min-p",
                                                  "repeat-penalty", "repeat-last-n", "seed"};
 void ParseSampling(const Args& a, SamplingOptions* s, std::string* err);
-// `flags` plus the sampling flags.
+// `flags` plus the sampling flags, and the KV-cache flags (--kv-policy, --kv-type).
 std::set<std::string> WithSampling(std::set<std::string> flags);
+// --kv-policy SPEC and --kv-type T into the session options (checked when the session
+// is made).
+void ParseKv(const Args& a, SessionOptions* s);
 
 }  // namespace moex::cli
 

@@ -36,6 +36,7 @@ constexpr char kHelp[] =
     "  -c N                 context size (default min(trained, 4096))\n"
     "  -t N                 threads (default: physical cores)\n"
     "  --temp X --top-k N --top-p X --min-p X --repeat-penalty X --repeat-last-n N --seed N\n"
+    "  --kv-policy SPEC --kv-type T   KV-cache compression (see moex ppl --help)\n"
     "In the chat: /help /reset /stats /save FILE /exit; Ctrl-C stops the current answer,\n"
     "Ctrl-D (end of input) quits. Without a terminal, each input line is one message.\n";
 
@@ -208,6 +209,7 @@ int CmdChat(int argc, char** argv) {
   ParseSampling(a, &gen.sampling, &err);
   SessionOptions so;
   so.context = a.Int("ctx-size", 0, &err);
+  ParseKv(a, &so);
   ModelOptions mo;
   mo.threads = static_cast<int>(a.Int("threads", 0, &err));
   if (!err.empty()) return Usage("chat", err);

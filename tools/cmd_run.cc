@@ -25,6 +25,8 @@ constexpr char kRunHelp[] =
     "  --temp X --top-k N --top-p X --min-p X --repeat-penalty X --repeat-last-n N --seed N\n"
     "                   sampling (defaults 0.8 40 0.95 0.05 1.0 64 0; --temp 0 = greedy)\n"
     "  --ignore-eos     keep going past the end-of-sequence token\n"
+    "  --kv-policy SPEC KV compression: full | streaming|h2o|snapkv[:budget=N|F,...]\n"
+    "  --kv-type T      KV rows: f32 f16 bf16 q8 q4                 (default f32)\n"
     "  --json           one JSON object on stdout: tokens, text, prefill_tps, decode_tps, ...\n";
 
 constexpr char kLogitsHelp[] =
@@ -125,6 +127,7 @@ int CmdRun(int argc, char** argv) {
   ParseSampling(a, &go.sampling, &err);
   SessionOptions so;
   so.context = a.Int("ctx-size", 0, &err);
+  ParseKv(a, &so);
   const int threads = static_cast<int>(a.Int("threads", 0, &err));
   if (!err.empty()) return Usage("run", err);
   std::unique_ptr<Model> model = OpenModel(a, threads, &err);
@@ -169,12 +172,15 @@ int CmdRun(int argc, char** argv) {
   if (json) {
     std::printf("{\"model\":%s,\"prompt_tokens\":%lld,\"tokens\":[%s],\"text\":%s,"
                 "\"generated_tokens\":%lld,\"prefill_seconds\":%.6f,\"decode_seconds\":%.6f,"
-                "\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"threads\":%d}\n",
+                "\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"threads\":%d,\"kv_bytes\":%lld,"
+                "\"kv_peak_bytes\":%lld}\n",
                 JsonString(m.info().path).c_str(), static_cast<long long>(st.prompt_tokens),
                 absl::StrJoin(*out, ",").c_str(), JsonString(m.Detokenize(*out)).c_str(),
                 static_cast<long long>(st.generated_tokens), st.prefill_seconds,
                 st.decode_seconds, st.prefill_tps(), st.decode_tps(),
-                static_cast<int>(a.Int("threads", PhysicalCores(), &err)));
+                static_cast<int>(a.Int("threads", PhysicalCores(), &err)),
+                static_cast<long long>((*session)->kv_bytes()),
+                static_cast<long long>((*session)->kv_peak_bytes()));
   } else {
     std::printf("\n");
     std::fprintf(stderr, "moex run: prompt %lld tokens at %.1f tokens/s, generated %lld at %.1f tokens/s\n",

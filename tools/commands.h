@@ -12,6 +12,7 @@ int CmdRun(int argc, char** argv);
 int CmdTokenize(int argc, char** argv);
 int CmdDetokenize(int argc, char** argv);
 int CmdChat(int argc, char** argv);
+int CmdPpl(int argc, char** argv);
 int CmdTrace(int argc, char** argv);
 int CmdLrc(int argc, char** argv);
 

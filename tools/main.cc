@@ -18,6 +18,8 @@ constexpr char kUsage[] =
     "  run -m MODEL (-p TEXT | --tokens IDS) -n N [sampling flags] [--json]\n"
     "                                           generate; prints text and tokens/s\n"
     "  chat -m MODEL [--system TEXT] [-n N]     interactive chat with the model's template\n"
+    "  ppl -m MODEL --file TEXT [-c N] [--kv-policy SPEC] [--kv-type T] [--json]\n"
+    "                                           perplexity with the KV cache compressed\n"
     "  tokenize -m MODEL (--text T | --file F) [--json] [--no-bos] [--special]\n"
     "                                           text to token ids (vocab-only files too)\n"
     "  detokenize -m MODEL --tokens 1,2,3 [--json]  token ids to text\n"
@@ -40,6 +42,7 @@ int main(int argc, char** argv) {
   if (cmd == "logits") return moex::cli::CmdLogits(argc - 2, argv + 2);
   if (cmd == "run") return moex::cli::CmdRun(argc - 2, argv + 2);
   if (cmd == "chat") return moex::cli::CmdChat(argc - 2, argv + 2);
+  if (cmd == "ppl") return moex::cli::CmdPpl(argc - 2, argv + 2);
   if (cmd == "tokenize") return moex::cli::CmdTokenize(argc - 2, argv + 2);
   if (cmd == "detokenize") return moex::cli::CmdDetokenize(argc - 2, argv + 2);
   if (cmd == "trace") return moex::cli::CmdTrace(argc - 2, argv + 2);
