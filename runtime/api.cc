@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,8 @@
 #include "runtime/model_weights.h"
 #include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_reduce.h"
 #include "tbb/task_arena.h"
 
 namespace moex {
@@ -31,6 +34,35 @@ int PhysicalCores() {
     return n > 0 ? n : 1;
   }();
   return cores;
+}
+
+double MeasureReadBandwidth(int threads) {
+  constexpr size_t kBytes = size_t{256} << 20;  // far beyond any last-level cache
+  std::vector<uint64_t> buf(kBytes / 8, 1);
+  tbb::task_arena arena(threads > 0 ? threads : PhysicalCores());
+  double best = 0;
+  for (int pass = 0; pass < 4; ++pass) {
+    const auto t0 = std::chrono::steady_clock::now();
+    uint64_t sum = 0;
+    arena.execute([&] {
+      sum = tbb::parallel_reduce(
+          tbb::blocked_range<size_t>(0, buf.size(), 1 << 16), uint64_t{0},
+          [&](const tbb::blocked_range<size_t>& r, uint64_t acc) {
+            uint64_t a[8] = {};
+            size_t i = r.begin();
+            for (; i + 8 <= r.end(); i += 8) {
+              for (int j = 0; j < 8; ++j) a[j] += buf[i + j];
+            }
+            for (; i < r.end(); ++i) acc += buf[i];
+            for (uint64_t v : a) acc += v;
+            return acc;
+          },
+          std::plus<uint64_t>());
+    });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (pass > 0 && sum == buf.size()) best = std::max(best, kBytes / s);  // pass 0 faults pages in
+  }
+  return best;
 }
 
 struct Model::Impl {

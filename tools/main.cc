@@ -20,6 +20,8 @@ constexpr char kUsage[] =
     "  chat -m MODEL [--system TEXT] [-n N]     interactive chat with the model's template\n"
     "  ppl -m MODEL --file TEXT [-c N] [--kv-policy SPEC] [--kv-type T] [--json]\n"
     "                                           perplexity with the KV cache compressed\n"
+    "  bench -m MODEL [-p N] [-n N] [--depth N] [--json]\n"
+    "                                           prefill/decode tok/s against the bandwidth bound\n"
     "  tokenize -m MODEL (--text T | --file F) [--json] [--no-bos] [--special]\n"
     "                                           text to token ids (vocab-only files too)\n"
     "  detokenize -m MODEL --tokens 1,2,3 [--json]  token ids to text\n"
@@ -43,6 +45,7 @@ int main(int argc, char** argv) {
   if (cmd == "run") return moex::cli::CmdRun(argc - 2, argv + 2);
   if (cmd == "chat") return moex::cli::CmdChat(argc - 2, argv + 2);
   if (cmd == "ppl") return moex::cli::CmdPpl(argc - 2, argv + 2);
+  if (cmd == "bench") return moex::cli::CmdBench(argc - 2, argv + 2);
   if (cmd == "tokenize") return moex::cli::CmdTokenize(argc - 2, argv + 2);
   if (cmd == "detokenize") return moex::cli::CmdDetokenize(argc - 2, argv + 2);
   if (cmd == "trace") return moex::cli::CmdTrace(argc - 2, argv + 2);

@@ -162,6 +162,11 @@ class Model {
 // The number of physical cores of this machine (hwloc), at least 1.
 int PhysicalCores();
 
+// The machine's streaming read bandwidth in bytes/s with `threads` workers (0: physical
+// cores): a read over a buffer far larger than the caches, the best of a few passes.
+// Memory-bound work (decode) is measured against it. Takes about half a second.
+double MeasureReadBandwidth(int threads = 0);
+
 }  // namespace moex
 
 #endif  // MOEX_MOEX_H_

@@ -79,3 +79,39 @@ TEST_F(PplCliTest, CompressionKeepsTheBudgetAndChangesTheScore) {
 
 }  // namespace
 }  // namespace moex
+
+namespace moex {
+namespace {
+
+TEST(BenchCliTest, JsonHasTheFiguresAndTheBandwidthBound) {
+  const std::string dir = testing::MakeTempDir();
+  const std::string moex = testing::BinaryPath("tools/moex");
+  std::string out;
+  ASSERT_EQ(testing::RunCommand(moex + " gen --arch olmoe --type q8_0 --hidden 64 --layers 2 "
+                                       "--heads 4 --kv-heads 4 --experts 8 --top-k 2 --ffn 64 "
+                                       "--vocab-size 600 --quiet -o " + dir + "/b.gguf",
+                                &out),
+            0)
+      << out;
+  ASSERT_EQ(testing::RunCommand(moex + " bench -m " + dir + "/b.gguf -p 8 -n 4 --reps 1 --json "
+                                       "--kv-type f16 2>/dev/null",
+                                &out),
+            0)
+      << out;
+  for (const char* key : {"\"prefill_tps\":", "\"decode_tps\":", "\"bytes_per_token\":",
+                          "\"mem_bw_gbps\":", "\"bw_fraction\":", "\"kv_bytes\":"}) {
+    EXPECT_NE(out.find(key), std::string::npos) << key << " in " << out;
+  }
+  // Weights per token: 2 of 8 experts per layer, so well under the file's size.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(out, m, std::regex("\"bytes_per_token\":([0-9]+)")));
+  const double bpt = std::stod(m[1]);
+  EXPECT_GT(bpt, 0);
+  ASSERT_TRUE(std::regex_search(out, m, std::regex("\"kv_bytes\":([0-9]+)")));
+  // f16 rows: 2 layers x 4 heads x 16 values x 2 bytes x (K, V) x 11 positions: the 8
+  // prompt tokens and 3 of the 4 generated (the last one is sampled, never evaluated).
+  EXPECT_EQ(std::stoll(m[1]), 2 * 4 * 16 * 2 * 2 * 11);
+}
+
+}  // namespace
+}  // namespace moex

@@ -1,0 +1,149 @@
+// moex bench: prefill and decode speed of a model, against the machine's limit.
+//
+// Decode is memory-bound: every decoded token reads the weights it uses once, so the
+// bound is (streaming read bandwidth) / (weight bytes read per token). The bandwidth is
+// measured in the same run, because it varies between sittings on shared machines.
+// Each figure is the median of --reps repetitions.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "moex/info.h"
+#include "moex/moex.h"
+#include "tools/args.h"
+#include "tools/commands.h"
+
+namespace moex::cli {
+namespace {
+
+constexpr char kHelp[] =
+    "usage: moex bench -m MODEL [-p N] [-n N] [--depth N] [--reps N] [-t N] [--json]\n"
+    "  -p N              prompt tokens to prefill                   (default 128)\n"
+    "  -n N              tokens to decode after it                  (default 32)\n"
+    "  --depth N         decode after a context of N tokens instead (prefill not timed)\n"
+    "  --reps N          repetitions; the median is reported       (default 3)\n"
+    "  --kv-policy SPEC --kv-type T   KV-cache compression, as for run\n"
+    "  --json            {\"prefill_tps\",\"decode_tps\",\"bytes_per_token\",\"mem_bw_gbps\",\n"
+    "                     \"bw_fraction\",\"kv_bytes\",...} on stdout\n";
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Weight bytes one decoded token reads: every tensor once, except the routed experts
+// (only top-k of them per layer) and the token embedding (one row).
+double BytesPerToken(const FileDescription& d) {
+  const ModelInfo& m = d.model;
+  double bytes = 0, embd = 0;
+  for (const TensorDescription& t : d.tensors) {
+    if (t.name == "token_embd.weight") {
+      embd = static_cast<double>(t.bytes);
+      continue;
+    }
+    bytes += static_cast<double>(t.bytes);
+  }
+  if (m.n_expert > 0) {
+    bytes -= static_cast<double>(m.expert_bytes_total);
+    bytes += static_cast<double>(m.expert_bytes_total) * m.n_expert_used / m.n_expert;
+  }
+  return bytes + (m.n_vocab > 0 ? embd / m.n_vocab : 0);
+}
+
+}  // namespace
+
+int CmdBench(int argc, char** argv) {
+  Args a;
+  std::string err;
+  if (!a.Parse(argc, argv,
+               {"model", "n-prompt", "prompt", "n-predict", "depth", "reps", "threads",
+                "kv-policy", "kv-type", "ctx-size"},
+               {"help", "json"}, &err)) {
+    return Usage("bench", err);
+  }
+  if (a.Has("help")) {
+    std::fputs(kHelp, stdout);
+    return 0;
+  }
+  if (a.Str("model").empty()) return Usage("bench", "no model file given (-m MODEL.gguf)");
+  // -p is the prompt length here (llama-bench's habit), a number.
+  const int64_t n_prompt = a.Int("prompt", 128, &err);
+  const int64_t n_decode = a.Int("n-predict", 32, &err);
+  const int64_t depth = a.Int("depth", 0, &err);
+  const int64_t reps = a.Int("reps", 3, &err);
+  ModelOptions mo;
+  mo.threads = static_cast<int>(a.Int("threads", 0, &err));
+  if (!err.empty()) return Usage("bench", err);
+  if (n_prompt < 1 || n_decode < 1 || reps < 1 || depth < 0) {
+    return Usage("bench", "-p, -n and --reps must be positive");
+  }
+  absl::StatusOr<FileDescription> desc = DescribeFile(a.Str("model"));
+  if (!desc.ok()) return Fail("bench", std::string(desc.status().message()));
+  if (!desc->has_model_info) return Fail("bench", desc->model_error);
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Open(a.Str("model"), mo);
+  if (!model.ok()) return Fail("bench", std::string(model.status().message()));
+  const ModelInfo& info = (*model)->info();
+
+  SessionOptions so;
+  so.context = a.Int("ctx-size", (depth > 0 ? depth : n_prompt) + n_decode, &err);
+  ParseKv(a, &so);
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(info.n_vocab - 1));
+  std::vector<int32_t> prompt(depth > 0 ? depth : n_prompt);
+  for (int32_t& t : prompt) t = tok(rng);
+
+  std::vector<double> prefill_tps, decode_tps;
+  int64_t kv_bytes = 0, kv_peak = 0;
+  for (int64_t r = 0; r < reps; ++r) {
+    absl::StatusOr<std::unique_ptr<Session>> s = (*model)->NewSession(so);
+    if (!s.ok()) return Usage("bench", std::string(s.status().message()));
+    GenerateOptions g;
+    g.max_tokens = static_cast<int32_t>(n_decode);
+    g.stop_at_eos = false;
+    g.sampling.temperature = 0;
+    absl::StatusOr<std::vector<int32_t>> out = (*s)->Generate(prompt, g, {});
+    if (!out.ok()) return Fail("bench", std::string(out.status().message()));
+    const Stats& st = (*s)->stats();
+    prefill_tps.push_back(st.prefill_tps());
+    // The first sampled token comes from the prefill; the decode steps are the rest.
+    decode_tps.push_back(st.decode_tps());
+    kv_bytes = (*s)->kv_bytes();
+    kv_peak = (*s)->kv_peak_bytes();
+    if (!a.Has("json")) {
+      std::fprintf(stderr, "\rmoex bench: repetition %lld/%lld", (long long)r + 1, (long long)reps);
+    }
+  }
+  const double bw = MeasureReadBandwidth(mo.threads);
+  const double bpt = BytesPerToken(*desc);
+  const double dec = Median(decode_tps), pre = Median(prefill_tps);
+  const double fraction = bw > 0 ? dec * bpt / bw : 0;
+  const int threads = mo.threads > 0 ? mo.threads : PhysicalCores();
+  if (a.Has("json")) {
+    std::printf("{\"model\":%s,\"threads\":%d,\"n_prompt\":%lld,\"n_decode\":%lld,\"depth\":%lld,"
+                "\"reps\":%lld,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"bytes_per_token\":%.0f,"
+                "\"mem_bw_gbps\":%.3f,\"bw_fraction\":%.4f,\"decode_bound_tps\":%.3f,"
+                "\"kv_policy\":%s,\"kv_type\":%s,\"kv_bytes\":%lld,\"kv_peak_bytes\":%lld}\n",
+                JsonString(a.Str("model")).c_str(), threads, (long long)prompt.size(),
+                (long long)n_decode, (long long)depth, (long long)reps, pre, dec, bpt, bw / 1e9,
+                fraction, bpt > 0 ? bw / bpt : 0, JsonString(so.kv_policy).c_str(),
+                JsonString(so.kv_type).c_str(), (long long)kv_bytes, (long long)kv_peak);
+  } else {
+    std::fprintf(stderr, "\n");
+    std::printf("%s, %d threads\n", info.path.c_str(), threads);
+    std::printf("  %s %lld tokens: %.1f tok/s (median of %lld)\n",
+                depth > 0 ? "context" : "prefill", (long long)prompt.size(), pre, (long long)reps);
+    std::printf("  decode %lld tokens: %.2f tok/s; %.1f MB of weights per token; read bandwidth "
+                "%.1f GB/s -> bound %.2f tok/s; %.0f%% of it\n",
+                (long long)n_decode, dec, bpt / 1e6, bw / 1e9, bpt > 0 ? bw / bpt : 0,
+                100 * fraction);
+    std::printf("  KV cache: %.2f MB now, peak %.2f MB (%s, %s)\n", kv_bytes / 1e6, kv_peak / 1e6,
+                so.kv_policy.c_str(), so.kv_type.c_str());
+  }
+  return 0;
+}
+
+}  // namespace moex::cli
