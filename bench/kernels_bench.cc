@@ -1,16 +1,21 @@
 // Microbenchmarks of the CPU reference kernels, with the machine's limit measured in the
 // same run: BM_MemoryRead streams a buffer much larger than the caches (the bandwidth a
 // memory-bound decode can reach); BM_MatVec reports the weight bytes it streams per
-// second, so the two figures compare directly (bytes_per_second counters).
+// second, so the two figures compare directly (bytes_per_second counters). BM_MatVecLevel
+// runs MatMul's decode path (Q8 activations, integer vec_dots) at each ISA level the CPU
+// has (third argument: 0 scalar, 1 AVX2, 2 AVX-512), to see what each level buys.
 //
 //   build/release/bench/moex_kernels_bench --benchmark_counters_tabular=true
+//   build/release/bench/moex_kernels_bench --benchmark_filter='MemoryRead|MatVecLevel'
 #include <benchmark/benchmark.h>
 
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "kernels_cpu/cpu_features.h"
 #include "kernels_cpu/ops.h"
 #include "kernels_cpu/quant.h"
 #include "tbb/blocked_range.h"
@@ -45,28 +50,53 @@ void BM_MemoryRead(benchmark::State& state) {
 }
 BENCHMARK(BM_MemoryRead)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// y = W x for one token (decode) or 16 tokens (small prefill), W of `rows` x 4096 in
-// `type`, sized to exceed the last-level cache.
-void BM_MatVec(benchmark::State& state) {
-  const auto type = static_cast<GgmlType>(state.range(0));
-  const int64_t n_tok = state.range(1);
+// A weight matrix of `cols` = 4096 columns in `type` of at least 256 MiB, far beyond the
+// 32 MiB L3 of the project's machine (8192 rows of Q4_K, 18 MiB, would stay in it).
+// 1024 distinct rows of N(0, 0.05^2) values are quantised and tiled: quantising 256 MiB
+// would take minutes, and repeated rows stream from memory like any others.
+struct BenchMatrix {
+  int64_t rows = 0;
+  std::vector<uint8_t> w;
+};
+
+BenchMatrix MakeBenchMatrix(GgmlType type, int64_t cols) {
   const TypeTraits& tt = GetTypeTraits(type);
-  const int64_t cols = 4096, rows = 8192;
+  const int64_t row_bytes = RowBytes(tt, cols);
+  constexpr int64_t kDistinct = 1024;
   std::mt19937_64 rng(1);
   std::normal_distribution<float> d(0, 0.05f);
   std::vector<float> row(cols);
-  std::vector<uint8_t> w(rows * RowBytes(tt, cols));
-  for (int64_t r = 0; r < rows; ++r) {
+  std::vector<uint8_t> distinct(kDistinct * row_bytes);
+  for (int64_t r = 0; r < kDistinct; ++r) {
     for (float& v : row) v = d(rng);
-    QuantizeRow(type, row.data(), w.data() + r * RowBytes(tt, cols), cols);
+    QuantizeRow(type, row.data(), distinct.data() + r * row_bytes, cols);
   }
+  BenchMatrix m;
+  m.rows = ((int64_t{256} << 20) / row_bytes + kDistinct - 1) / kDistinct * kDistinct;
+  m.w.resize(m.rows * row_bytes);
+  for (int64_t r = 0; r < m.rows; r += kDistinct) {
+    std::memcpy(m.w.data() + r * row_bytes, distinct.data(), distinct.size());
+  }
+  return m;
+}
+
+// y = W x for one token (decode) or 16 tokens (small prefill), W of at least 256 MiB,
+// through MatMul as the
+// forward pass calls it (for quantised types, one token takes the vec_dot fast path).
+void BM_MatVec(benchmark::State& state) {
+  const auto type = static_cast<GgmlType>(state.range(0));
+  const int64_t n_tok = state.range(1);
+  const int64_t cols = 4096;
+  const BenchMatrix m = MakeBenchMatrix(type, cols);
+  const int64_t rows = m.rows;
+  const std::vector<uint8_t>& w = m.w;
   std::vector<float> x(n_tok * cols, 0.5f), y(n_tok * rows);
   for (auto _ : state) {
     MatMul(type, w.data(), rows, cols, x.data(), n_tok, y.data());
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(w.size()));
-  state.SetLabel(tt.name);
+  state.SetLabel(GetTypeTraits(type).name);
 }
 BENCHMARK(BM_MatVec)
     ->ArgsProduct({{static_cast<int64_t>(GgmlType::kF32), static_cast<int64_t>(GgmlType::kF16),
@@ -74,6 +104,39 @@ BENCHMARK(BM_MatVec)
                     static_cast<int64_t>(GgmlType::kQ4_0), static_cast<int64_t>(GgmlType::kQ4_K),
                     static_cast<int64_t>(GgmlType::kQ5_K), static_cast<int64_t>(GgmlType::kQ6_K)},
                    {1, 16}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The decode path (x quantised once, one integer vec_dot per row) at a chosen ISA level.
+void BM_MatVecLevel(benchmark::State& state) {
+  const auto type = static_cast<GgmlType>(state.range(0));
+  const int64_t n_tok = state.range(1);
+  const auto level = static_cast<IsaLevel>(state.range(2));
+  if (!CpuSupports(level)) {
+    state.SkipWithError("the CPU lacks this ISA level");
+    return;
+  }
+  const int64_t cols = 4096;
+  const BenchMatrix m = MakeBenchMatrix(type, cols);
+  const int64_t rows = m.rows;
+  const std::vector<uint8_t>& w = m.w;
+  std::vector<float> x(n_tok * cols), y(n_tok * rows);
+  std::mt19937_64 rng(2);
+  std::normal_distribution<float> d(0, 1.0f);
+  for (float& v : x) v = d(rng);
+  for (auto _ : state) {
+    MatMulQuantizedActivations(type, level, w.data(), rows, cols, x.data(), n_tok, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(w.size()));
+  state.SetLabel(std::string(GetTypeTraits(type).name) + "/" + IsaLevelName(level));
+}
+BENCHMARK(BM_MatVecLevel)
+    ->ArgsProduct({{static_cast<int64_t>(GgmlType::kQ8_0), static_cast<int64_t>(GgmlType::kQ4_0),
+                    static_cast<int64_t>(GgmlType::kQ4_K), static_cast<int64_t>(GgmlType::kQ5_K),
+                    static_cast<int64_t>(GgmlType::kQ6_K)},
+                   {1, 16},
+                   {0, 1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

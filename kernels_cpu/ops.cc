@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels_cpu/vec_dot.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
 
@@ -27,15 +28,69 @@ float Dot(const float* a, const float* b, int64_t n) {
   return s + acc[0];
 }
 
+namespace {
+
+// Rows per task so that a task streams about `bytes` of weights.
+int64_t Grain(int64_t row_bytes, int64_t bytes) {
+  return std::max<int64_t>(1, bytes / std::max<int64_t>(1, row_bytes));
+}
+
+// y = W x with x quantised once per token (Q8_K or Q8_0 blocks, see vec_dot.h): each
+// output is one integer vec_dot over the weight row read in place. The activation error
+// this adds (8-bit codes per 32 or 256 values) is what llama.cpp's CPU path has too.
+void MatMulVecDot(VecDotFn dot, GgmlType act, const uint8_t* wb, int64_t row_bytes, int64_t rows,
+                  int64_t cols, const float* x, int64_t n_tokens, float* y) {
+  const int64_t x_bytes = RowBytes(GetTypeTraits(act), cols);
+  // Per-thread buffer, grown once: no allocation per token.
+  thread_local std::vector<uint8_t> xq;
+  if (xq.size() < static_cast<size_t>(n_tokens * x_bytes)) xq.resize(n_tokens * x_bytes);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    QuantizeActivation(act, x + t * cols, xq.data() + t * x_bytes, cols);
+  }
+  const uint8_t* xqp = xq.data();
+  // Tasks of about 32 KiB of weights: a decode step's expert matrices (~0.3-1 MB) still
+  // split into a dozen or more tasks per core, while each task streams long enough for
+  // the hardware prefetchers to run ahead. Each weight row is used for all tokens while
+  // it is in L1.
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, Grain(row_bytes, int64_t{32} << 10)),
+                    [&](const tbb::blocked_range<int64_t>& r) {
+                      for (int64_t n = r.begin(); n < r.end(); ++n) {
+                        const uint8_t* wr = wb + n * row_bytes;
+                        for (int64_t t = 0; t < n_tokens; ++t) {
+                          y[t * rows + n] = dot(wr, xqp + t * x_bytes, cols);
+                        }
+                      }
+                    });
+}
+
+}  // namespace
+
+bool MatMulQuantizedActivations(GgmlType type, IsaLevel level, const void* w, int64_t rows,
+                                int64_t cols, const float* x, int64_t n_tokens, float* y) {
+  const GgmlType act = VecDotActivationType(type);
+  if (act == GgmlType::kF32 || cols % GetTypeTraits(act).block_elems != 0) return false;
+  MatMulVecDot(GetVecDot(type, level), act, static_cast<const uint8_t*>(w),
+               RowBytes(GetTypeTraits(type), cols), rows, cols, x, n_tokens, y);
+  return true;
+}
+
 void MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, const float* x,
             int64_t n_tokens, float* y) {
   const TypeTraits& tt = GetTypeTraits(type);
   const int64_t row_bytes = RowBytes(tt, cols);
   const auto* wb = static_cast<const uint8_t*>(w);
-  // Tasks of about 16 KiB of weights: small enough that a decode step's small expert
-  // matrices still spread over every core, large enough to amortise scheduling.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(1, row_bytes));
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, grain),
+  const GgmlType act = VecDotActivationType(type);
+  // Quantised weights: the integer path for every batch size. Decode must give the same
+  // logits as a prefill of the same tokens (tests/api), which holds only if a token's
+  // outputs do not depend on the batch; and until prefill has a real GEMM, one vec_dot per
+  // token is also 2-3x faster than dequantising the row and taking F32 dots (16 tokens,
+  // BM_MatVec vs BM_MatVecLevel in bench/kernels_bench.cc).
+  if (act != GgmlType::kF32 && cols % GetTypeTraits(act).block_elems == 0) {
+    return MatMulVecDot(GetVecDot(type), act, wb, row_bytes, rows, cols, x, n_tokens, y);
+  }
+  // F32/F16/BF16 weights (and rows the integer path cannot take): dequantise each row to
+  // F32 once and reuse it for every token. Tasks of about 16 KiB of weights.
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, Grain(row_bytes, int64_t{16} << 10)),
                     [&](const tbb::blocked_range<int64_t>& r) {
                       std::vector<float> row(cols);
                       for (int64_t n = r.begin(); n < r.end(); ++n) {

@@ -2,14 +2,17 @@
 // activations, weights in any GGUF block format read in place.
 //
 // These are the clear, correct versions the rest of moex is checked against; they are
-// parallel (TBB) and let the compiler vectorise, but do not hand-tune. The fast AVX-512
-// kernels (issue "fast CPU kernels") are tested against them.
+// parallel (TBB) and let the compiler vectorise, but do not hand-tune. The exception is
+// MatMul on quantised weights, which runs the hand-written integer vec_dots of vec_dot.h
+// (scalar / AVX2 / AVX-512 chosen at run time); its tests compare it with the exact
+// product of the dequantised weights.
 // Thread-safety: pure functions; MatMul parallelises internally.
 #ifndef MOEX_KERNELS_CPU_OPS_H_
 #define MOEX_KERNELS_CPU_OPS_H_
 
 #include <cstdint>
 
+#include "kernels_cpu/cpu_features.h"
 #include "kernels_cpu/quant.h"
 
 namespace moex::kcpu {
@@ -17,8 +20,18 @@ namespace moex::kcpu {
 // y[t][n] = sum_k W[n][k] * x[t][k] for t < n_tokens, n < rows.
 // W is `rows` rows of `cols` values of `type`, each row RowBytes(type, cols) bytes apart.
 // x has row stride `cols`, y has row stride `rows`.
+// Quantised weights: x is quantised to 8-bit blocks once per token and each output is an
+// integer vec_dot (vec_dot.h), so the result carries x's 8-bit rounding (as llama.cpp's
+// CPU path does) and does not depend on the batch size (decode equals prefill).
+// F32/F16/BF16 weights: each row is read as F32 and dotted with x in float.
 void MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, const float* x,
             int64_t n_tokens, float* y);
+
+// MatMul's integer path with the vec_dot kernels of `level` (benchmarks and tests compare
+// levels with it). Returns false, touching nothing, when `type` has no integer dot or
+// cols is not a multiple of its activation block. REQUIRES: CpuSupports(level).
+bool MatMulQuantizedActivations(GgmlType type, IsaLevel level, const void* w, int64_t rows,
+                                int64_t cols, const float* x, int64_t n_tokens, float* y);
 
 // out = x / sqrt(mean(x^2) + eps) * w (w may be null: no scale). out may alias x.
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);

@@ -1,0 +1,295 @@
+// AVX-512 + VNNI vec_dots and activation quantisers (compiled with -mavx512f -mavx512bw
+// -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c; called only when CpuSupports(kAvx512)).
+//
+// Design: the k-quants work on 64 codes per zmm. A Q4_K/Q5_K block's 128 qs bytes hold
+// sub-blocks (0,2 | 1,3) and (4,6 | 5,7) in low | high nibbles; one 128-bit-lane shuffle
+// per zmm puts two consecutive sub-blocks side by side so the activation codes load
+// in order, with no shuffles on that side. Products: vpmaddubsw (u8 x s8 -> int16 pairs,
+// no saturation for codes below 64) then vpdpwssd against the sub-block scale (VNNI:
+// int16 pairs times int16 scale accumulated into int32 in one instruction). Q6_K's 64
+// codes per zmm have one scale per 128-bit lane. Minima and offsets go through the Q8_K
+// bsums (see vec_dot_avx2.cc, the same algebra). Q8_0/Q4_0 blocks of 32 use 256-bit
+// VNNI (vpdpbusd with the sign trick) since a block is one ymm; on Zen 4, where zmm
+// instructions are double-pumped, ymm code loses nothing.
+//
+// Activation quantisers: Q8_K and Q8_0 produce the same bytes as quantize.cc's
+// QuantizeRow (same float operations; vcvtps2dq rounds half to even like lrint, and
+// Q8_0's half-away-from-zero is rebuilt from a truncation).
+#include <immintrin.h>
+
+#include "kernels_cpu/vec_dot_internal.h"
+
+namespace moex::kcpu::vd {
+namespace {
+
+float H(uint16_t h) { return _cvtsh_ss(h); }
+
+__m256i Load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+__m512i Load512(const void* p) { return _mm512_loadu_si512(p); }
+
+float Hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Signed x signed int8 products in 8 int32 lanes: |w| (u8) times x with w's sign.
+__m256i DotS8(__m256i w, __m256i x) {
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w),
+                             _mm256_sign_epi8(x, w));
+}
+
+// Classic formats: one FMA per 32-value block, so a single accumulator's FMA latency
+// (4 cycles) would cap a core at 32 values per 4 cycles; four chains lift that limit.
+template <typename Block, typename BlockFn>
+float ClassicDot(const Block* bw, const BlockQ8_0* bx, int64_t nb, BlockFn block) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    for (int u = 0; u < 4; ++u) {
+      const __m256i p = block(bw[i + u], bx[i + u]);
+      acc[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+                               _mm256_set1_ps(H(bw[i + u].d) * H(bx[i + u].d)), acc[u]);
+    }
+  }
+  for (; i < nb; ++i) {
+    const __m256i p = block(bw[i], bx[i]);
+    acc[0] =
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(H(bw[i].d) * H(bx[i].d)), acc[0]);
+  }
+  return Hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+}
+
+float DotQ8_0(const void* w, const void* x, int64_t n) {
+  return ClassicDot(static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(x), n / kQK,
+                    [](const BlockQ8_0& bw, const BlockQ8_0& bx) {
+                      return DotS8(Load256(bw.qs), Load256(bx.qs));
+                    });
+}
+
+float DotQ4_0(const void* w, const void* x, int64_t n) {
+  return ClassicDot(
+      static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(x), n / kQK,
+      [](const BlockQ4_0& bw, const BlockQ8_0& bx) {
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bw.qs));
+        const __m256i v = _mm256_sub_epi8(
+            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F)),
+            _mm256_set1_epi8(8));
+        return DotS8(v, Load256(bx.qs));
+      });
+}
+
+// vpshufb controls that fill each 256-bit half of a zmm with one int16 element of the
+// 128-bit lane: element `lo` in the low half, `hi` in the high half.
+__m512i SplatPair(int lo, int hi) {
+  const __m256i a = _mm256_set1_epi16(static_cast<int16_t>((2 * lo) | ((2 * lo + 1) << 8)));
+  const __m256i b = _mm256_set1_epi16(static_cast<int16_t>((2 * hi) | ((2 * hi + 1) << 8)));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+}
+
+template <bool kFive>
+float DotQ45_K(const void* w, const void* x, int64_t n) {
+  const auto* w8 = static_cast<const uint8_t*>(w);
+  const auto* bx = static_cast<const BlockQ8_K*>(x);
+  const int64_t bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const __m512i sel[4] = {SplatPair(0, 1), SplatPair(2, 3), SplatPair(4, 5), SplatPair(6, 7)};
+  // Q5_K: for zmm k (sub-blocks 2k, 2k+1), the qh bit of each half.
+  const __m512i bit[4] = {_mm512_inserti64x4(_mm512_set1_epi8(1), _mm256_set1_epi8(2), 1),
+                          _mm512_inserti64x4(_mm512_set1_epi8(4), _mm256_set1_epi8(8), 1),
+                          _mm512_inserti64x4(_mm512_set1_epi8(16), _mm256_set1_epi8(32), 1),
+                          _mm512_inserti64x4(_mm512_set1_epi8(64), _mm256_set1_epi8(-128), 1)};
+  __m512 acc = _mm512_setzero_ps();
+  __m256 accm = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    const uint8_t* blk = w8 + i * bytes;
+    uint16_t d16, dmin16;
+    std::memcpy(&d16, blk, 2);
+    std::memcpy(&dmin16, blk + 2, 2);
+    const uint8_t* qs = blk + (kFive ? 48 : 16);
+    uint64_t sc8, m8;
+    UnpackScalesK4(blk + 4, &sc8, &m8);
+    __m256i mv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
+    mv = _mm256_or_si256(mv, _mm256_slli_epi32(mv, 16));
+    const __m256i msum = _mm256_madd_epi16(Load256(bx[i].bsums), mv);
+    const __m512i scb =
+        _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
+    __m512i qw[4];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i q = Load512(qs + 64 * h);
+      const __m512i lo = _mm512_and_si512(q, m4);                         // s0 | s2
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);   // s1 | s3
+      qw[2 * h] = _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(1, 0, 1, 0));  // s0 | s1
+      qw[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    if constexpr (kFive) {
+      const __m512i qh = _mm512_broadcast_i64x4(Load256(blk + 16));
+      const __m512i b16 = _mm512_set1_epi8(0x10);
+      for (int k = 0; k < 4; ++k) {
+        qw[k] = _mm512_mask_add_epi8(qw[k], _mm512_test_epi8_mask(qh, bit[k]), qw[k], b16);
+      }
+    }
+    __m512i isum = _mm512_setzero_si512();
+    for (int k = 0; k < 4; ++k) {
+      const __m512i p = _mm512_maddubs_epi16(qw[k], Load512(bx[i].qs + 64 * k));
+      isum = _mm512_dpwssd_epi32(isum, p, _mm512_shuffle_epi8(scb, sel[k]));
+    }
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(bx[i].d * H(d16)), acc);
+    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(bx[i].d * H(dmin16)), accm);
+  }
+  return _mm512_reduce_add_ps(acc) - Hsum256(accm);
+}
+
+// vpshufb control filling 128-bit lane j with int16 element base + j.
+__m512i SplatLanes(int base) {
+  return _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_set_m128i(
+          _mm_set1_epi16(static_cast<int16_t>((2 * base + 2) | ((2 * base + 3) << 8))),
+          _mm_set1_epi16(static_cast<int16_t>((2 * base) | ((2 * base + 1) << 8))))),
+      _mm256_set_m128i(
+          _mm_set1_epi16(static_cast<int16_t>((2 * base + 6) | ((2 * base + 7) << 8))),
+          _mm_set1_epi16(static_cast<int16_t>((2 * base + 4) | ((2 * base + 5) << 8)))),
+      1);
+}
+
+// Q6_K, per half of 128 values: the low nibbles of ql[64h..64h+63] are values 0..63 and
+// the high nibbles 64..127 (in order), with qh[32h + l]'s bit pairs 0/1 (values 0..63,
+// low/high 256 bits) and 2/3 (values 64..127) on top.
+float DotQ6_K(const void* w, const void* x, int64_t n) {
+  const auto* bw = static_cast<const BlockQ6_K*>(w);
+  const auto* bx = static_cast<const BlockQ8_K*>(x);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  // Left shifts that bring bit pair 0 (low half) / 1 (high half) to bits 4..5, and right
+  // shifts for pairs 2 / 3.
+  const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+  const __m512i shr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+  const __m512i sel_lo = SplatLanes(0), sel_hi = SplatLanes(4);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    const __m256i sc16 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bw[i].scales)));
+    const __m256i corr = _mm256_madd_epi16(Load256(bx[i].bsums), sc16);
+    __m512i isum = _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5));
+    isum = _mm512_sub_epi32(_mm512_setzero_si512(), isum);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = Load512(bw[i].ql + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(Load256(bw[i].qh + 32 * h));
+      const __m512i q0 = _mm512_or_si512(_mm512_and_si512(ql, m4),
+                                         _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
+      const __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                         _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
+      const __m512i scb = _mm512_broadcast_i32x4(h == 0 ? _mm256_castsi256_si128(sc16)
+                                                        : _mm256_extracti128_si256(sc16, 1));
+      const __m512i p0 = _mm512_maddubs_epi16(q0, Load512(bx[i].qs + 128 * h));
+      const __m512i p1 = _mm512_maddubs_epi16(q1, Load512(bx[i].qs + 128 * h + 64));
+      isum = _mm512_dpwssd_epi32(isum, p0, _mm512_shuffle_epi8(scb, sel_lo));
+      isum = _mm512_dpwssd_epi32(isum, p1, _mm512_shuffle_epi8(scb, sel_hi));
+    }
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(bx[i].d * H(bw[i].d)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// ---- activation quantisers ------------------------------------------------------------
+
+// A function, not a namespace-scope constant: a global initialiser here would run AVX-512
+// code at program start, on any CPU.
+__m512 AbsMask() { return _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF)); }
+
+void QuantQ8_K(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t b = 0; b < nb; ++b, x += kQKK, dst += sizeof(BlockQ8_K)) {
+    auto* out = reinterpret_cast<BlockQ8_K*>(dst);
+    __m512 amax = _mm512_setzero_ps();
+    for (int j = 0; j < kQKK; j += 16) {
+      // max(|x|, amax) keeps amax when |x| is NaN, as the scalar `fabs(x) > amax` does.
+      amax = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + j), AbsMask()), amax);
+    }
+    const float a = _mm512_reduce_max_ps(amax);
+    if (a == 0.0f) {
+      std::memset(out, 0, sizeof(BlockQ8_K));
+      continue;
+    }
+    // The first value of largest magnitude, with its sign.
+    float max = 0.0f;
+    for (int j = 0; j < kQKK; j += 16) {
+      const __mmask16 m = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_loadu_ps(x + j), AbsMask()),
+                                             _mm512_set1_ps(a), _CMP_EQ_OQ);
+      if (m != 0) {
+        max = x[j + __builtin_ctz(m)];
+        break;
+      }
+    }
+    const float iscale = -127.0f / max;
+    const __m512 vs = _mm512_set1_ps(iscale);
+    for (int j = 0; j < kQKK; j += 16) {
+      __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(vs, _mm512_loadu_ps(x + j)));
+      q = _mm512_min_epi32(q, _mm512_set1_epi32(127));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out->qs + j), _mm512_cvtepi32_epi8(q));
+      out->bsums[j / 16] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+    }
+    out->d = 1.0f / iscale;
+  }
+}
+
+// round() (half away from zero) of 16 floats, as int32.
+__m512i RoundAway(__m512 v) {
+  const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m512 frac = _mm512_and_ps(_mm512_sub_ps(v, t), AbsMask());  // exact
+  const __mmask16 up = _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+  const __m512 one = _mm512_or_ps(_mm512_andnot_ps(AbsMask(), v), _mm512_set1_ps(1.0f));
+  return _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, one));
+}
+
+void QuantQ8_0(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t b = 0; b < nb; ++b, x += kQK, dst += sizeof(BlockQ8_0)) {
+    auto* out = reinterpret_cast<BlockQ8_0*>(dst);
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(
+        _mm512_max_ps(_mm512_and_ps(v0, AbsMask()), _mm512_and_ps(v1, AbsMask())));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->qs),
+                     _mm512_cvtepi32_epi8(RoundAway(_mm512_mul_ps(v0, vid))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->qs + 16),
+                     _mm512_cvtepi32_epi8(RoundAway(_mm512_mul_ps(v1, vid))));
+    const uint16_t dh = FloatToHalf(d);
+    std::memcpy(&out->d, &dh, 2);
+  }
+}
+
+}  // namespace
+
+VecDotFn Avx512VecDot(GgmlType weight) {
+  switch (weight) {
+    case GgmlType::kQ4_0:
+      return DotQ4_0;
+    case GgmlType::kQ8_0:
+      return DotQ8_0;
+    case GgmlType::kQ4_K:
+      return DotQ45_K<false>;
+    case GgmlType::kQ5_K:
+      return DotQ45_K<true>;
+    case GgmlType::kQ6_K:
+      return DotQ6_K;
+    default:
+      return nullptr;
+  }
+}
+
+bool Avx512QuantizeActivation(GgmlType act, const float* x, void* dst, int64_t n) {
+  auto* d = static_cast<uint8_t*>(dst);
+  if (act == GgmlType::kQ8_K) {
+    QuantQ8_K(x, d, n / kQKK);
+    return true;
+  }
+  if (act == GgmlType::kQ8_0) {
+    QuantQ8_0(x, d, n / kQK);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace moex::kcpu::vd
