@@ -93,28 +93,55 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
                          int64_t n_head, float scale, float* out) {
   const int64_t hd = o_.head_dim, group = n_head / o_.n_head_kv, q_stride = n_head * hd;
   const int64_t m = static_cast<int64_t>(s.slot.size());
-  // Kept rows as F32, contiguous (for f32 rows this is a copy; the arithmetic on them
-  // is unchanged).
-  std::vector<float> kf(m * hd), vf(m * hd), p(m);
-  for (int64_t i = 0; i < m; ++i) {
-    kcpu::DequantizeRow(o_.type, s.k.data() + s.slot[i] * row_bytes_, kf.data() + i * hd, hd);
-    kcpu::DequantizeRow(o_.type, s.v.data() + s.slot[i] * row_bytes_, vf.data() + i * hd, hd);
-  }
+  const bool f32 = o_.type == GgmlType::kF32;
+  // Rows are read in place and dequantised one at a time into an L1-sized buffer, never
+  // as a copy of the cache. Queries go in tiles so that each row, once decoded, serves
+  // every query of the tile (all of them in decode) and the score matrix stays small.
+  constexpr int64_t kTile = 32;
+  std::vector<float> row(hd), scores(kTile * group * m);
+  std::vector<int64_t> visible(kTile);
   std::fill(s.last.begin(), s.last.end(), 0.0f);
-  for (int64_t t = 0; t < n; ++t) {
-    // Entries are in position order, so the causal mask keeps a prefix.
-    const int64_t visible = std::upper_bound(s.pos.begin(), s.pos.end(), pos0 + t) - s.pos.begin();
-    for (int64_t g = 0; g < group; ++g) {
-      const int64_t h = kvh * group + g;
-      const float* qh = q + t * q_stride + h * hd;
-      for (int64_t i = 0; i < visible; ++i) p[i] = kcpu::Dot(qh, kf.data() + i * hd, hd) * scale;
-      kcpu::Softmax(p.data(), visible);
-      float* oh = out + t * q_stride + h * hd;
-      std::fill(oh, oh + hd, 0.0f);
-      for (int64_t i = 0; i < visible; ++i) {
-        kcpu::Axpy(p[i], vf.data() + i * hd, oh, hd);
-        s.acc[i] += p[i];
-        s.last[i] += p[i];
+  auto read_row = [&](const std::vector<uint8_t>& store, int64_t i) -> const float* {
+    const uint8_t* r = store.data() + s.slot[i] * row_bytes_;
+    if (f32) return reinterpret_cast<const float*>(r);
+    kcpu::DequantizeRow(o_.type, r, row.data(), hd);
+    return row.data();
+  };
+  for (int64_t t0 = 0; t0 < n; t0 += kTile) {
+    const int64_t nt = std::min(kTile, n - t0);
+    // Entries are in position order, so each query's causal mask keeps a prefix.
+    int64_t max_visible = 0;
+    for (int64_t t = 0; t < nt; ++t) {
+      visible[t] = std::upper_bound(s.pos.begin(), s.pos.end(), pos0 + t0 + t) - s.pos.begin();
+      max_visible = std::max(max_visible, visible[t]);
+    }
+    for (int64_t i = 0; i < max_visible; ++i) {
+      const float* k = read_row(s.k, i);
+      for (int64_t t = 0; t < nt; ++t) {
+        if (i >= visible[t]) continue;
+        for (int64_t g = 0; g < group; ++g) {
+          const float* qh = q + (t0 + t) * q_stride + (kvh * group + g) * hd;
+          scores[(t * group + g) * m + i] = kcpu::Dot(qh, k, hd) * scale;
+        }
+      }
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      for (int64_t g = 0; g < group; ++g) {
+        kcpu::Softmax(scores.data() + (t * group + g) * m, visible[t]);
+        float* oh = out + (t0 + t) * q_stride + (kvh * group + g) * hd;
+        std::fill(oh, oh + hd, 0.0f);
+      }
+    }
+    for (int64_t i = 0; i < max_visible; ++i) {
+      const float* v = read_row(s.v, i);
+      for (int64_t t = 0; t < nt; ++t) {
+        if (i >= visible[t]) continue;
+        for (int64_t g = 0; g < group; ++g) {
+          const float p = scores[(t * group + g) * m + i];
+          kcpu::Axpy(p, v, out + (t0 + t) * q_stride + (kvh * group + g) * hd, hd);
+          s.acc[i] += p;
+          s.last[i] += p;
+        }
       }
     }
   }
