@@ -251,17 +251,23 @@ void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* 
     for (int j = 0; j < k; ++j) st.AddFuture(ids[t * k + j]);
   }
   std::vector<int> rank(E, -1);
+  std::vector<uint8_t> want(E, 0);  // experts of this token already in the stack
   uint64_t stamp = 0;
   int distinct = 0;
   for (int64_t t = 0; t < T; ++t) {
     const uint16_t* tok = ids + t * k;
     // Ranks before this token's update; the walk stops once every listed expert is found.
     int wanted = 0;
-    for (int j = 0; j < k; ++j) wanted += st.InList(tok[j]);
-    for (int p = st.First(), r = 0; wanted > 0 && p != E; p = st.Next(p), ++r) {
-      rank[p] = r;
-      for (int j = 0; j < k; ++j) wanted -= tok[j] == p;
+    for (int j = 0; j < k; ++j) {
+      const bool listed = st.InList(tok[j]);
+      wanted += listed;
+      want[tok[j]] = listed;
     }
+    for (int p = st.First(), r = 0; wanted > 0; p = st.Next(p), ++r) {
+      rank[p] = r;
+      wanted -= want[p];
+    }
+    for (int j = 0; j < k; ++j) want[tok[j]] = 0;
     for (int j = 0; j < k; ++j) {
       if (st.InList(tok[j])) {
         ++stat[rank[tok[j]]];
