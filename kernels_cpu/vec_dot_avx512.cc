@@ -1,16 +1,15 @@
 // AVX-512 + VNNI vec_dots and activation quantisers (compiled with -mavx512f -mavx512bw
 // -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c; called only when CpuSupports(kAvx512)).
 //
-// Design: the k-quants work on 64 codes per zmm. A Q4_K/Q5_K block's 128 qs bytes hold
-// sub-blocks (0,2 | 1,3) and (4,6 | 5,7) in low | high nibbles; one 128-bit-lane shuffle
-// per zmm puts two consecutive sub-blocks side by side so the activation codes load
-// in order, with no shuffles on that side. Products: vpmaddubsw (u8 x s8 -> int16 pairs,
+// Design: products are vpmaddubsw (u8 weight codes x s8 activation codes -> int16 pairs,
 // no saturation for codes below 64) then vpdpwssd against the sub-block scale (VNNI:
-// int16 pairs times int16 scale accumulated into int32 in one instruction). Q6_K's 64
-// codes per zmm have one scale per 128-bit lane. Minima and offsets go through the Q8_K
-// bsums (see vec_dot_avx2.cc, the same algebra). Q8_0/Q4_0 blocks of 32 use 256-bit
-// VNNI (vpdpbusd with the sign trick) since a block is one ymm; on Zen 4, where zmm
-// instructions are double-pumped, ymm code loses nothing.
+// int16 pairs times int16 scale accumulated into int32 in one instruction), or vpdpbusd
+// for the 8-bit formats. Q6_K works on 64 codes per zmm: the low nibbles of 64 ql bytes
+// are 64 consecutive values, with one scale per 128-bit lane. Q4_K/Q5_K and the 32-value
+// classic blocks use ymm with the AVX-512VL/VNNI encodings: a classic block is one ymm,
+// and for Q4_K the zmm layout needs cross-lane shuffles that cost more than they save on
+// Zen 4 (measured; see DotQ45_K). Minima and offsets go through the Q8_K bsums (see
+// vec_dot_avx2.cc, the same algebra).
 //
 // Activation quantisers: Q8_K and Q8_0 produce the same bytes as quantize.cc's
 // QuantizeRow (same float operations; vcvtps2dq rounds half to even like lrint, and
@@ -81,28 +80,25 @@ float DotQ4_0(const void* w, const void* x, int64_t n) {
       });
 }
 
-// vpshufb controls that fill each 256-bit half of a zmm with one int16 element of the
-// 128-bit lane: element `lo` in the low half, `hi` in the high half.
-__m512i SplatPair(int lo, int hi) {
-  const __m256i a = _mm256_set1_epi16(static_cast<int16_t>((2 * lo) | ((2 * lo + 1) << 8)));
-  const __m256i b = _mm256_set1_epi16(static_cast<int16_t>((2 * hi) | ((2 * hi + 1) << 8)));
-  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+// Byte shuffle that broadcasts int16 element s of each 128-bit lane to the whole lane.
+__m256i Splat16(int s) {
+  return _mm256_set1_epi16(static_cast<int16_t>((2 * s) | ((2 * s + 1) << 8)));
 }
 
+// Q4_K/Q5_K: qs byte 32p + l holds sub-blocks 2p (low nibble) and 2p+1 (high nibble) at
+// value l; Q5_K's fifth bit of sub-block s is bit s of qh[l]. 32 codes per ymm (the AVX2
+// kernel's data flow, with vpdpwssd fusing the scale multiply and the accumulation, in
+// two chains). A zmm version (two sub-blocks per register, put side by side with one
+// vshufi64x2) measured 10-20 % slower on the project's Zen 4, whose zmm instructions are
+// split into two ymm halves anyway; Intel cores with two 512-bit ports may prefer it.
 template <bool kFive>
 float DotQ45_K(const void* w, const void* x, int64_t n) {
   const auto* w8 = static_cast<const uint8_t*>(w);
   const auto* bx = static_cast<const BlockQ8_K*>(x);
   const int64_t bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  const __m512i sel[4] = {SplatPair(0, 1), SplatPair(2, 3), SplatPair(4, 5), SplatPair(6, 7)};
-  // Q5_K: for zmm k (sub-blocks 2k, 2k+1), the qh bit of each half.
-  const __m512i bit[4] = {_mm512_inserti64x4(_mm512_set1_epi8(1), _mm256_set1_epi8(2), 1),
-                          _mm512_inserti64x4(_mm512_set1_epi8(4), _mm256_set1_epi8(8), 1),
-                          _mm512_inserti64x4(_mm512_set1_epi8(16), _mm256_set1_epi8(32), 1),
-                          _mm512_inserti64x4(_mm512_set1_epi8(64), _mm256_set1_epi8(-128), 1)};
-  __m512 acc = _mm512_setzero_ps();
-  __m256 accm = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i b16 = _mm256_set1_epi8(0x10);
+  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
     const uint8_t* blk = w8 + i * bytes;
     uint16_t d16, dmin16;
@@ -114,32 +110,29 @@ float DotQ45_K(const void* w, const void* x, int64_t n) {
     __m256i mv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
     mv = _mm256_or_si256(mv, _mm256_slli_epi32(mv, 16));
     const __m256i msum = _mm256_madd_epi16(Load256(bx[i].bsums), mv);
-    const __m512i scb =
-        _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
-    __m512i qw[4];
-    for (int h = 0; h < 2; ++h) {
-      const __m512i q = Load512(qs + 64 * h);
-      const __m512i lo = _mm512_and_si512(q, m4);                         // s0 | s2
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);   // s1 | s3
-      qw[2 * h] = _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(1, 0, 1, 0));  // s0 | s1
-      qw[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    if constexpr (kFive) {
-      const __m512i qh = _mm512_broadcast_i64x4(Load256(blk + 16));
-      const __m512i b16 = _mm512_set1_epi8(0x10);
-      for (int k = 0; k < 4; ++k) {
-        qw[k] = _mm512_mask_add_epi8(qw[k], _mm512_test_epi8_mask(qh, bit[k]), qw[k], b16);
+    const __m256i scb = _mm256_broadcastsi128_si256(
+        _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
+    __m256i hb = kFive ? Load256(blk + 16) : _mm256_setzero_si256();
+    __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int p = 0; p < 4; ++p) {
+      const __m256i q = Load256(qs + 32 * p);
+      __m256i lo = _mm256_and_si256(q, m4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      if constexpr (kFive) {
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
+        hb = _mm256_srli_epi16(hb, 2);
       }
+      const __m256i p0 = _mm256_maddubs_epi16(lo, Load256(bx[i].qs + 64 * p));
+      const __m256i p1 = _mm256_maddubs_epi16(hi, Load256(bx[i].qs + 64 * p + 32));
+      isum[0] = _mm256_dpwssd_epi32(isum[0], p0, _mm256_shuffle_epi8(scb, Splat16(2 * p)));
+      isum[1] = _mm256_dpwssd_epi32(isum[1], p1, _mm256_shuffle_epi8(scb, Splat16(2 * p + 1)));
     }
-    __m512i isum = _mm512_setzero_si512();
-    for (int k = 0; k < 4; ++k) {
-      const __m512i p = _mm512_maddubs_epi16(qw[k], Load512(bx[i].qs + 64 * k));
-      isum = _mm512_dpwssd_epi32(isum, p, _mm512_shuffle_epi8(scb, sel[k]));
-    }
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(bx[i].d * H(d16)), acc);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])),
+                          _mm256_set1_ps(bx[i].d * H(d16)), acc);
     accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(bx[i].d * H(dmin16)), accm);
   }
-  return _mm512_reduce_add_ps(acc) - Hsum256(accm);
+  return Hsum256(_mm256_sub_ps(acc, accm));
 }
 
 // vpshufb control filling 128-bit lane j with int16 element base + j.
