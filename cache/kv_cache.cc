@@ -98,8 +98,9 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
   // as a copy of the cache. Queries go in tiles so that each row, once decoded, serves
   // every query of the tile (all of them in decode) and the score matrix stays small.
   constexpr int64_t kTile = 32;
-  std::vector<float> row(hd), scores(kTile * group * m);
-  std::vector<int64_t> visible(kTile);
+  const int64_t tile = std::min(kTile, n);
+  std::vector<float> row(hd), scores(tile * group * m);
+  std::vector<int64_t> visible(tile);
   std::fill(s.last.begin(), s.last.end(), 0.0f);
   auto read_row = [&](const std::vector<uint8_t>& store, int64_t i) -> const float* {
     const uint8_t* r = store.data() + s.slot[i] * row_bytes_;
@@ -107,8 +108,8 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
     kcpu::DequantizeRow(o_.type, r, row.data(), hd);
     return row.data();
   };
-  for (int64_t t0 = 0; t0 < n; t0 += kTile) {
-    const int64_t nt = std::min(kTile, n - t0);
+  for (int64_t t0 = 0; t0 < n; t0 += tile) {
+    const int64_t nt = std::min(tile, n - t0);
     // Entries are in position order, so each query's causal mask keeps a prefix.
     int64_t max_visible = 0;
     for (int64_t t = 0; t < nt; ++t) {
