@@ -9,6 +9,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
+bash scripts/setup.sh
+# libFuzzer comes with clang's runtime libraries (Debian 12: clang 14).
+fuzz_pkgs=(clang libclang-rt-14-dev)
+missing=()
+for p in "${fuzz_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "fuzz.sh: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz -j "${MOEX_FUZZ_JOBS:-$(nproc)}"
 
