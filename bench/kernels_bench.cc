@@ -3,10 +3,11 @@
 // memory-bound decode can reach); BM_MatVec reports the weight bytes it streams per
 // second, so the two figures compare directly (bytes_per_second counters). BM_MatVecLevel
 // runs MatMul's decode path (Q8 activations, integer vec_dots) at each ISA level the CPU
-// has (third argument: 0 scalar, 1 AVX2, 2 AVX-512), to see what each level buys.
+// has (third argument: 0 scalar, 1 AVX2, 2 AVX-512), to see what each level buys;
+// BM_VecDotInCache is one core's arithmetic rate per level on L2-resident weights.
 //
 //   build/release/bench/moex_kernels_bench --benchmark_counters_tabular=true
-//   build/release/bench/moex_kernels_bench --benchmark_filter='MemoryRead|MatVecLevel'
+//   build/release/bench/moex_kernels_bench --benchmark_filter='MemoryRead|MatVecLevel|InCache'
 #include <benchmark/benchmark.h>
 
 #include <cstring>
@@ -18,6 +19,7 @@
 #include "kernels_cpu/cpu_features.h"
 #include "kernels_cpu/ops.h"
 #include "kernels_cpu/quant.h"
+#include "kernels_cpu/vec_dot.h"
 #include "tbb/blocked_range.h"
 #include "tbb/global_control.h"
 #include "tbb/parallel_reduce.h"
@@ -139,6 +141,45 @@ BENCHMARK(BM_MatVecLevel)
                    {0, 1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+// One core's arithmetic rate: the vec_dot of one level over a 64 x 4096 matrix that stays
+// in L2, single-threaded, in CPU time (so other load on the machine barely moves it). A
+// kernel can be memory-bound with all cores busy only if this exceeds the streaming
+// bandwidth divided by the core count.
+void BM_VecDotInCache(benchmark::State& state) {
+  const auto type = static_cast<GgmlType>(state.range(0));
+  const auto level = static_cast<IsaLevel>(state.range(1));
+  if (!CpuSupports(level)) {
+    state.SkipWithError("the CPU lacks this ISA level");
+    return;
+  }
+  const TypeTraits& tt = GetTypeTraits(type);
+  const int64_t cols = 4096, rows = 64, row_bytes = RowBytes(tt, cols);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> d(0, 0.05f);
+  std::vector<float> row(cols);
+  std::vector<uint8_t> w(rows * row_bytes);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (float& v : row) v = d(rng);
+    QuantizeRow(type, row.data(), w.data() + r * row_bytes, cols);
+  }
+  const GgmlType act = VecDotActivationType(type);
+  std::vector<uint8_t> xq(RowBytes(GetTypeTraits(act), cols));
+  QuantizeActivation(act, row.data(), xq.data(), cols);
+  const VecDotFn dot = GetVecDot(type, level);
+  for (auto _ : state) {
+    float s = 0;
+    for (int64_t r = 0; r < rows; ++r) s += dot(w.data() + r * row_bytes, xq.data(), cols);
+    benchmark::DoNotOptimize(s);
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(w.size()));
+  state.SetLabel(std::string(tt.name) + "/" + IsaLevelName(level));
+}
+BENCHMARK(BM_VecDotInCache)
+    ->ArgsProduct({{static_cast<int64_t>(GgmlType::kQ8_0), static_cast<int64_t>(GgmlType::kQ4_0),
+                    static_cast<int64_t>(GgmlType::kQ4_K), static_cast<int64_t>(GgmlType::kQ5_K),
+                    static_cast<int64_t>(GgmlType::kQ6_K)},
+                   {0, 1, 2}});
 
 }  // namespace
 }  // namespace moex::kcpu
