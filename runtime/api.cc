@@ -12,6 +12,7 @@
 #include "runtime/arch.h"
 #include "runtime/core/gguf.h"
 #include "runtime/core/status_macros.h"
+#include "predictor/expert_predictor.h"
 #include "runtime/forward.h"
 #include "runtime/model_info.h"
 #include "runtime/model_weights.h"
@@ -82,6 +83,11 @@ struct Session::Impl {
   std::vector<int32_t> history;  // every token of the conversation, in order
   int32_t pending = -1;          // sampled last, not yet in the KV cache
   Stats stats;
+  RoutingCallback routing_callback;
+  std::unique_ptr<PredictorMeter> meter;
+
+  // The forward pass has one observer; it serves the routing callback and the meter.
+  void InstallObserver();
 
   absl::Status Feed(std::span<const int32_t> tokens, bool all_logits, std::vector<float>* logits);
 };
@@ -154,6 +160,7 @@ void Session::Reset() {
   impl_->kv->Clear();
   impl_->history.clear();
   impl_->pending = -1;
+  if (impl_->meter) impl_->meter->NewSequence();
 }
 
 void Session::TruncateTo(int64_t n) {
@@ -171,25 +178,61 @@ void Session::TruncateTo(int64_t n) {
 
 const std::vector<int32_t>& Session::tokens() const { return impl_->history; }
 
-void Session::SetRoutingCallback(RoutingCallback callback) {
-  if (!callback) {
-    impl_->forward->set_routing_observer(nullptr);
+void Session::Impl::InstallObserver() {
+  if (!routing_callback && !meter) {
+    forward->set_routing_observer(nullptr);
     return;
   }
-  impl_->forward->set_routing_observer(
-      [cb = std::move(callback)](int64_t layer, const Routing& r, int64_t pos0) {
-        RoutingEvent e;
-        e.layer = static_cast<int32_t>(layer);
-        e.pos0 = pos0;
-        e.n_tokens = static_cast<int32_t>(r.n_tokens);
-        e.k = static_cast<int32_t>(r.k);
-        e.n_expert = r.n_tokens > 0 ? static_cast<int32_t>(r.probs.size() / r.n_tokens) : 0;
-        e.experts = r.experts.data();
-        e.weights = r.weights.data();
-        e.probs = r.probs.data();
-        cb(e);
-      });
+  forward->set_routing_observer([this](const MoeLayerEvent& ev) {
+    const Routing& r = *ev.routing;
+    if (meter) meter->OnLayer(ev.layer, ev.n_tokens, ev.moe_input, ev.residual, r.experts.data());
+    if (!routing_callback) return;
+    RoutingEvent e;
+    e.layer = static_cast<int32_t>(ev.layer);
+    e.pos0 = ev.pos0;
+    e.n_tokens = static_cast<int32_t>(r.n_tokens);
+    e.k = static_cast<int32_t>(r.k);
+    e.n_expert = r.n_tokens > 0 ? static_cast<int32_t>(r.probs.size() / r.n_tokens) : 0;
+    e.experts = r.experts.data();
+    e.weights = r.weights.data();
+    e.probs = r.probs.data();
+    routing_callback(e);
+  });
 }
+
+void Session::SetRoutingCallback(RoutingCallback callback) {
+  impl_->routing_callback = std::move(callback);
+  impl_->InstallObserver();
+}
+
+void Session::EnablePredictorAccuracy(int max_distance) {
+  const ModelWeights& w = impl_->model->weights;
+  if (!w.hp.is_moe() || max_distance < 1) return;
+  std::vector<PredictorLayer> layers;
+  for (const LayerWeights& l : w.layers) layers.push_back({l.moe.router, l.ffn_norm.data()});
+  impl_->meter = std::make_unique<PredictorMeter>(std::move(layers), w.hp.n_embd, w.hp.n_expert,
+                                                  w.hp.n_expert_used, w.hp.rms_eps, max_distance);
+  impl_->InstallObserver();
+}
+
+std::vector<PredictorAccuracy> Session::predictor_accuracy() const {
+  std::vector<PredictorAccuracy> out;
+  const PredictorMeter* m = impl_->meter.get();
+  if (m == nullptr) return out;
+  for (int p = 0; p < PredictorMeter::kNumPredictors; ++p) {
+    // The same-layer predictors do not depend on a distance: they are reported at 1.
+    const int max_d = p < 2 ? m->max_distance() : 1;
+    for (int d = 1; d <= max_d; ++d) {
+      for (int64_t l = -1; l < m->n_layer(); ++l) {
+        const PredictorMeter::Score s = l < 0 ? m->ModelScore(p, d) : m->score(p, d, l);
+        if (s.samples == 0) continue;
+        out.push_back({PredictorMeter::kNames[p], d, static_cast<int32_t>(l), s.recall(), s.samples});
+      }
+    }
+  }
+  return out;
+}
+
 int64_t Session::position() const { return impl_->kv->size(); }
 int64_t Session::context() const { return impl_->kv->capacity(); }
 int64_t Session::kv_bytes() const { return impl_->kv->bytes(); }

@@ -94,7 +94,9 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
     }
     if (hp.is_moe()) {
       Route(l.moe, RouterConfig{hp.n_expert_used, hp.arch->norm_topk}, cur_.data(), n, &routing_);
-      if (observer_) observer_(il, routing_, pos0);
+      if (observer_) {
+        observer_(MoeLayerEvent{il, pos0, n, &routing_, cur_.data(), x_.data()});
+      }
       MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data());
     } else {
       DenseFfn(l.ffn_gate, l.ffn_up, l.ffn_down, cur_.data(), n, ffn_.data());

@@ -21,9 +21,17 @@
 
 namespace moex {
 
-// Called after each MoE layer's routing with the layer index, the routing and the
-// position of the batch's first token. For traces, predictors and statistics.
-using RoutingObserver = std::function<void(int64_t layer, const Routing& routing, int64_t pos0)>;
+// What an observer sees of one MoE layer, after its routing and before its experts run:
+// for traces, statistics and the expert predictors (which read the hidden states).
+struct MoeLayerEvent {
+  int64_t layer = 0;
+  int64_t pos0 = 0;  // position of the batch's first token
+  int64_t n_tokens = 0;
+  const Routing* routing = nullptr;
+  const float* moe_input = nullptr;  // [n_tokens][n_embd]: the FFN-normed input the router saw
+  const float* residual = nullptr;   // [n_tokens][n_embd]: the residual stream after attention
+};
+using RoutingObserver = std::function<void(const MoeLayerEvent& event)>;
 
 class Forward {
  public:

@@ -14,6 +14,7 @@ int CmdDetokenize(int argc, char** argv);
 int CmdChat(int argc, char** argv);
 int CmdPpl(int argc, char** argv);
 int CmdBench(int argc, char** argv);
+int CmdPredict(int argc, char** argv);
 int CmdTrace(int argc, char** argv);
 int CmdLrc(int argc, char** argv);
 

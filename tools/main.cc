@@ -22,6 +22,8 @@ constexpr char kUsage[] =
     "                                           perplexity with the KV cache compressed\n"
     "  bench -m MODEL [-p N] [-n N] [--depth N] [--json]\n"
     "                                           prefill/decode tok/s against the bandwidth bound\n"
+    "  predict -m MODEL --file TEXT [--distance D] [--json]\n"
+    "                                           accuracy of the expert predictors\n"
     "  tokenize -m MODEL (--text T | --file F) [--json] [--no-bos] [--special]\n"
     "                                           text to token ids (vocab-only files too)\n"
     "  detokenize -m MODEL --tokens 1,2,3 [--json]  token ids to text\n"
@@ -46,6 +48,7 @@ int main(int argc, char** argv) {
   if (cmd == "chat") return moex::cli::CmdChat(argc - 2, argv + 2);
   if (cmd == "ppl") return moex::cli::CmdPpl(argc - 2, argv + 2);
   if (cmd == "bench") return moex::cli::CmdBench(argc - 2, argv + 2);
+  if (cmd == "predict") return moex::cli::CmdPredict(argc - 2, argv + 2);
   if (cmd == "tokenize") return moex::cli::CmdTokenize(argc - 2, argv + 2);
   if (cmd == "detokenize") return moex::cli::CmdDetokenize(argc - 2, argv + 2);
   if (cmd == "trace") return moex::cli::CmdTrace(argc - 2, argv + 2);

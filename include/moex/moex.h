@@ -90,6 +90,16 @@ struct RoutingEvent {
 // statistics). It must not call back into the session.
 using RoutingCallback = std::function<void(const RoutingEvent& event)>;
 
+// Accuracy of one expert predictor: recall@k of its guesses for the experts of `layer`
+// (-1: all layers pooled) made `distance` layers earlier, over `samples` tokens.
+struct PredictorAccuracy {
+  std::string predictor;  // cross-layer-gate, cross-layer-gate-resid, previous-token, frequency
+  int32_t distance = 1;
+  int32_t layer = -1;
+  double recall = 0;
+  int64_t samples = 0;
+};
+
 class Model;
 
 class Session {
@@ -118,6 +128,11 @@ class Session {
   const std::vector<int32_t>& tokens() const;
   // Observes the routing of every MoE layer from now on; an empty callback stops it.
   void SetRoutingCallback(RoutingCallback callback);
+  // From now on, guesses every MoE layer's experts from the layers 1..max_distance
+  // before it with each predictor and scores the guesses against the true routing
+  // (statistics survive Reset). Costs a router product per guessed layer.
+  void EnablePredictorAccuracy(int max_distance);
+  std::vector<PredictorAccuracy> predictor_accuracy() const;
   int64_t position() const;  // tokens in the KV cache
   int64_t context() const;
   // Bytes of the KV cache's kept rows now, and the peak since the session started or
