@@ -31,13 +31,17 @@ scratch=build/fuzz/corpus-run
 artifacts=build/fuzz/artifacts
 mkdir -p "$artifacts"
 status=0
-for dir in fuzz/corpus/*/; do
-  target="$(basename "$dir")"
-  exe="build/fuzz/fuzz/$target"
-  if [[ ! -x "$exe" ]]; then
-    echo "fuzz.sh: $exe was not built (fuzz/corpus/$target has no target?)" >&2
+ran=0
+# Every fuzz target the build produced (fuzz/CMakeLists.txt), each with its seeds.
+for exe in build/fuzz/fuzz/fuzz_*; do
+  [[ -f "$exe" && -x "$exe" ]] || continue
+  target="$(basename "$exe")"
+  dir="fuzz/corpus/$target/"
+  if [[ ! -d "$dir" ]] || [[ -z "$(ls -A "$dir")" ]]; then
+    echo "fuzz.sh: $target has no seeds in $dir (add a few small inputs there)" >&2
     exit 1
   fi
+  ran=$((ran + 1))
   rm -rf "${scratch:?}/$target"
   mkdir -p "$scratch/$target" "$artifacts/$target"
   cp "$dir"* "$scratch/$target/"
@@ -60,4 +64,8 @@ for dir in fuzz/corpus/*/; do
     break
   fi
 done
+if [[ "$ran" -eq 0 ]]; then
+  echo "fuzz.sh: no fuzz targets in build/fuzz/fuzz/" >&2
+  exit 1
+fi
 exit "$status"
