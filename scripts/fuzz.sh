@@ -42,7 +42,7 @@ for exe in build/fuzz/fuzz/fuzz_*; do
     exit 1
   fi
   ran=$((ran + 1))
-  rm -rf "${scratch:?}/$target"
+  rm -rf "${scratch:?}/$target" "${artifacts:?}/$target"
   mkdir -p "$scratch/$target" "$artifacts/$target"
   cp "$dir"* "$scratch/$target/"
   log="$artifacts/$target/log.txt"
