@@ -79,7 +79,7 @@ void BM_Decode(benchmark::State& state, const std::string& name) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * Corpus().size()));
 }
 
-#define MOEX_TOKENIZER_BENCH(label, file)                                       \
+#define MOEX_TOKENIZER_BENCH(label, file)                                                \
   BENCHMARK_CAPTURE(BM_Encode, label, std::string(file))->Unit(benchmark::kMillisecond); \
   BENCHMARK_CAPTURE(BM_Decode, label, std::string(file))->Unit(benchmark::kMillisecond)
 

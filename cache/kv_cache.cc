@@ -23,11 +23,16 @@ absl::StatusOr<GgmlType> ParseKvType(std::string_view name) {
 
 const char* KvTypeName(GgmlType type) {
   switch (type) {
-    case GgmlType::kF16: return "f16";
-    case GgmlType::kBF16: return "bf16";
-    case GgmlType::kQ8_0: return "q8";
-    case GgmlType::kQ4_1: return "q4";
-    default: return "f32";
+    case GgmlType::kF16:
+      return "f16";
+    case GgmlType::kBF16:
+      return "bf16";
+    case GgmlType::kQ8_0:
+      return "q8";
+    case GgmlType::kQ4_1:
+      return "q4";
+    default:
+      return "f32";
   }
 }
 
@@ -41,9 +46,9 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
   }
   const kcpu::TypeTraits& tt = kcpu::GetTypeTraits(o.type);
   if (o.head_dim % tt.block_elems != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "KV type ", KvTypeName(o.type), " stores blocks of ", tt.block_elems,
-        " values, which do not divide the head dimension ", o.head_dim, "; use f16"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV type ", KvTypeName(o.type), " stores blocks of ", tt.block_elems,
+                     " values, which do not divide the head dimension ", o.head_dim, "; use f16"));
   }
   std::unique_ptr<KvCache> c(new KvCache(o));
   c->row_bytes_ = kcpu::RowBytes(tt, o.head_dim);
@@ -55,10 +60,9 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
 
 absl::Status KvCache::Reserve(int64_t n_new) const {
   if (n_past_ + n_new > o_.n_ctx) {
-    return absl::OutOfRangeError(absl::StrCat("context overflow: ", n_past_,
-                                              " tokens in the cache + ", n_new,
-                                              " new > context size ", o_.n_ctx,
-                                              " (raise it with -c)"));
+    return absl::OutOfRangeError(
+        absl::StrCat("context overflow: ", n_past_, " tokens in the cache + ", n_new,
+                     " new > context size ", o_.n_ctx, " (raise it with -c)"));
   }
   return absl::OkStatus();
 }

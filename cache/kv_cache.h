@@ -64,8 +64,8 @@ class KvCache {
   // Causal attention of n queries q[n][n_head * head_dim] at positions pos0.. over the
   // kept positions of `layer` (query head h reads KV head h / (n_head / n_head_kv));
   // writes out[n][n_head * head_dim]; then lets the policy bring each head within budget.
-  void Attend(int64_t layer, const float* q, int64_t n, int64_t pos0, int64_t n_head,
-              float scale, float* out);
+  void Attend(int64_t layer, const float* q, int64_t n, int64_t pos0, int64_t n_head, float scale,
+              float* out);
   // Marks n positions as done (after every layer appended and attended them).
   void Advance(int64_t n) { n_past_ += n; }
   void Clear();

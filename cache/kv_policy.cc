@@ -128,8 +128,8 @@ absl::StatusOr<KvPolicyConfig> ParseKvPolicy(std::string_view spec_sv) {
   const size_t colon = spec.find(':');
   c.name = spec.substr(0, colon);
   if (c.name != "full" && c.name != "streaming" && c.name != "h2o" && c.name != "snapkv") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unknown KV policy '", c.name, "' (known: full, streaming, h2o, snapkv)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown KV policy '", c.name, "' (known: full, streaming, h2o, snapkv)"));
   }
   if (colon == std::string::npos) return c;
   for (absl::string_view kv : absl::StrSplit(spec.substr(colon + 1), ',', absl::SkipEmpty())) {
@@ -157,8 +157,8 @@ absl::StatusOr<KvPolicyConfig> ParseKvPolicy(std::string_view spec_sv) {
     } else if (p[0] == "pool") {
       c.pool = std::max<int64_t>(1, static_cast<int64_t>(value));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("KV policy '", spec, "': unknown key '",
-                                                     p[0], "' (budget, sinks, window, pool)"));
+      return absl::InvalidArgumentError(absl::StrCat("KV policy '", spec, "': unknown key '", p[0],
+                                                     "' (budget, sinks, window, pool)"));
     }
   }
   return c;

@@ -35,11 +35,11 @@ namespace moex {
 
 struct KvPolicyConfig {
   std::string name = "full";
-  int64_t budget = 0;           // tokens per KV head; 0: see budget_fraction
-  double budget_fraction = 0;   // of the context when budget == 0; both 0: no limit
-  int64_t sinks = 4;            // streaming: positions kept from the start
-  int64_t window = -1;          // recent positions always kept; -1: the policy's default
-  int64_t pool = 7;             // snapkv: max-pool kernel over neighbouring positions
+  int64_t budget = 0;          // tokens per KV head; 0: see budget_fraction
+  double budget_fraction = 0;  // of the context when budget == 0; both 0: no limit
+  int64_t sinks = 4;           // streaming: positions kept from the start
+  int64_t window = -1;         // recent positions always kept; -1: the policy's default
+  int64_t pool = 7;            // snapkv: max-pool kernel over neighbouring positions
 
   // The budget in tokens for a context of n_ctx (n_ctx when there is no limit).
   int64_t BudgetFor(int64_t n_ctx) const;

@@ -1,11 +1,12 @@
 // A complete chat program on the moex C++ API: one message per input line, answers
 // streamed, the conversation (and its KV cache) kept across turns.
 //   moex_example_chat MODEL.gguf
+#include "moex/chat.h"
+
 #include <iostream>
 #include <string>
 #include <vector>
 
-#include "moex/chat.h"
 #include "moex/moex.h"
 #include "moex/tokenizer.h"
 
@@ -41,12 +42,12 @@ int main(int argc, char** argv) {
     (*session)->TruncateTo(static_cast<int64_t>(common));
     auto stream = tok->NewStreamDecoder();
     std::string answer;
-    auto out = (*session)->Generate(std::span<const int32_t>(*ids).subspan(common), gen,
-                                    [&](int32_t t) {
-                                      if (tok->IsEog(t)) return false;
-                                      answer += stream.Push(t);
-                                      return true;
-                                    });
+    auto out =
+        (*session)->Generate(std::span<const int32_t>(*ids).subspan(common), gen, [&](int32_t t) {
+          if (tok->IsEog(t)) return false;
+          answer += stream.Push(t);
+          return true;
+        });
     if (!out.ok()) return std::cerr << out.status().message() << "\n", 1;
     answer += stream.Flush();
     std::cout << answer << "\n" << std::flush;

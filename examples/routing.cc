@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   for (int64_t l = 0; l < info.n_layer; ++l) {
     std::vector<int> order(info.n_expert);
     for (int e = 0; e < info.n_expert; ++e) order[e] = e;
-    std::sort(order.begin(), order.end(), [&](int a, int b) { return counts[l][a] > counts[l][b]; });
+    std::sort(order.begin(), order.end(),
+              [&](int a, int b) { return counts[l][a] > counts[l][b]; });
     std::printf("%5lld ", static_cast<long long>(l));
     for (int j = 0; j < std::min<int>(4, info.n_expert); ++j) {
       std::printf(" e%-3d(%d)", order[j], counts[l][order[j]]);

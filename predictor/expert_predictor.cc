@@ -12,9 +12,8 @@ namespace {
 void TopK(const float* s, int64_t n_expert, int64_t k, int32_t* out) {
   std::vector<int32_t> order(n_expert);
   std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), [s](int32_t a, int32_t b) {
-    return s[a] > s[b] || (s[a] == s[b] && a < b);
-  });
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
   std::copy_n(order.begin(), k, out);
 }
 
@@ -26,7 +25,8 @@ void GateTopK(const WeightMatrix& router, const float* h, int64_t n, int64_t k,
   std::vector<float> logits(n * router.rows);
   kcpu::MatMul(router.type, router.data, router.rows, router.cols, h, n, logits.data());
   out->resize(n * k);
-  for (int64_t t = 0; t < n; ++t) TopK(logits.data() + t * router.rows, router.rows, k, out->data() + t * k);
+  for (int64_t t = 0; t < n; ++t)
+    TopK(logits.data() + t * router.rows, router.rows, k, out->data() + t * k);
 }
 
 double RecallAtK(const int32_t* pred, const int32_t* truth, int64_t k) {
@@ -37,8 +37,8 @@ double RecallAtK(const int32_t* pred, const int32_t* truth, int64_t k) {
   return static_cast<double>(hits) / k;
 }
 
-PredictorMeter::PredictorMeter(std::vector<PredictorLayer> layers, int64_t n_embd,
-                               int64_t n_expert, int64_t top_k, float rms_eps, int max_distance)
+PredictorMeter::PredictorMeter(std::vector<PredictorLayer> layers, int64_t n_embd, int64_t n_expert,
+                               int64_t top_k, float rms_eps, int max_distance)
     : layers_(std::move(layers)),
       n_layer_(static_cast<int64_t>(layers_.size())),
       n_embd_(n_embd),
@@ -74,7 +74,8 @@ void PredictorMeter::OnLayer(int64_t layer, int64_t n, const float* moe_input,
       std::vector<int32_t>& g = pending_[(p * (D + 1) + d) * n_layer_ + layer];
       if (static_cast<int64_t>(g.size()) != n * k_) continue;
       Score& s = score_mut(p, d, layer);
-      for (int64_t t = 0; t < n; ++t) s.recall_sum += RecallAtK(g.data() + t * k_, experts + t * k_, k_);
+      for (int64_t t = 0; t < n; ++t)
+        s.recall_sum += RecallAtK(g.data() + t * k_, experts + t * k_, k_);
       s.samples += n;
       g.clear();
     }

@@ -27,7 +27,7 @@ namespace moex {
 
 // What predictors need of each MoE layer.
 struct PredictorLayer {
-  WeightMatrix router;            // [n_expert][n_embd]
+  WeightMatrix router;              // [n_expert][n_embd]
   const float* ffn_norm = nullptr;  // [n_embd]
 };
 

@@ -9,10 +9,10 @@
 #include "absl/strings/str_cat.h"
 #include "cache/kv_cache.h"
 #include "moex/moex.h"
+#include "predictor/expert_predictor.h"
 #include "runtime/arch.h"
 #include "runtime/core/gguf.h"
 #include "runtime/core/status_macros.h"
-#include "predictor/expert_predictor.h"
 #include "runtime/forward.h"
 #include "runtime/model_info.h"
 #include "runtime/model_weights.h"
@@ -107,16 +107,16 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Open(const std::string& path,
   MOEX_ASSIGN_OR_RETURN(impl->tokenizer, LoadTokenizer(*impl->file));
   const Tokenizer* tok = impl->tokenizer.get();
   if (tok != nullptr && tok->n_vocab() != impl->weights.hp.n_vocab) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": the tokenizer has ", tok->n_vocab(), " tokens but token_embd.weight has ",
-        impl->weights.hp.n_vocab, " rows"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": the tokenizer has ", tok->n_vocab(),
+                                                   " tokens but token_embd.weight has ",
+                                                   impl->weights.hp.n_vocab, " rows"));
   }
   impl->info = MakeModelInfo(*impl->file, impl->weights);
   impl->info.bos_token = tok != nullptr ? tok->bos() : -1;
   impl->info.eos_token = tok != nullptr ? tok->eos() : -1;
   impl->info.add_bos = tok != nullptr && tok->add_bos();
-  impl->arena = std::make_unique<tbb::task_arena>(options.threads > 0 ? options.threads
-                                                                      : PhysicalCores());
+  impl->arena =
+      std::make_unique<tbb::task_arena>(options.threads > 0 ? options.threads : PhysicalCores());
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 
@@ -226,7 +226,8 @@ std::vector<PredictorAccuracy> Session::predictor_accuracy() const {
       for (int64_t l = -1; l < m->n_layer(); ++l) {
         const PredictorMeter::Score s = l < 0 ? m->ModelScore(p, d) : m->score(p, d, l);
         if (s.samples == 0) continue;
-        out.push_back({PredictorMeter::kNames[p], d, static_cast<int32_t>(l), s.recall(), s.samples});
+        out.push_back(
+            {PredictorMeter::kNames[p], d, static_cast<int32_t>(l), s.recall(), s.samples});
       }
     }
   }
@@ -306,7 +307,8 @@ absl::StatusOr<std::vector<int32_t>> Session::Generate(std::span<const int32_t> 
     out.push_back(tok);
     s.stats.generated_tokens = static_cast<int64_t>(out.size());
     const bool keep_going = !on_token || on_token(tok);
-    if (!keep_going || (options.stop_at_eos && end_of_generation(tok)) || i + 1 == options.max_tokens) {
+    if (!keep_going || (options.stop_at_eos && end_of_generation(tok)) ||
+        i + 1 == options.max_tokens) {
       s.pending = tok;
       s.history.push_back(tok);
       break;

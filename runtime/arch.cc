@@ -75,7 +75,8 @@ absl::StatusOr<HParams> ReadHParams(const GgufFile& f) {
     return bad(absl::StrCat("attention heads ", hp.n_head, " / kv heads ", hp.n_head_kv,
                             ": kv heads must be positive and divide the heads"));
   }
-  MOEX_ASSIGN_OR_RETURN(hp.head_dim, f.GetIntOr(key("attention.key_length"), hp.n_embd / hp.n_head));
+  MOEX_ASSIGN_OR_RETURN(hp.head_dim,
+                        f.GetIntOr(key("attention.key_length"), hp.n_embd / hp.n_head));
   MOEX_ASSIGN_OR_RETURN(int64_t v_dim, f.GetIntOr(key("attention.value_length"), hp.head_dim));
   if (hp.head_dim <= 0 || hp.head_dim > 4096 || v_dim != hp.head_dim) {
     return bad(absl::StrCat("head dimension ", hp.head_dim, " (value ", v_dim,
@@ -91,8 +92,8 @@ absl::StatusOr<HParams> ReadHParams(const GgufFile& f) {
   }
   if (hp.is_moe()) {
     if (hp.n_expert_used <= 0 || hp.n_expert_used > hp.n_expert) {
-      return bad(absl::StrCat(key("expert_used_count"), " = ", hp.n_expert_used,
-                              " must be in 1..", hp.n_expert, " (the expert count)"));
+      return bad(absl::StrCat(key("expert_used_count"), " = ", hp.n_expert_used, " must be in 1..",
+                              hp.n_expert, " (the expert count)"));
     }
     if (hp.n_ff_exp <= 0) return bad(absl::StrCat("expert FFN width ", hp.n_ff_exp, " <= 0"));
   } else if (hp.n_ff <= 0) {

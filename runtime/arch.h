@@ -56,8 +56,8 @@ struct HParams {
   int64_t n_rot = 0;
   float rope_freq_base = 10000.0f;
   float rms_eps = 1e-5f;
-  int64_t n_ff = 0;        // dense FFN width
-  int64_t n_expert = 0;    // 0: dense model
+  int64_t n_ff = 0;      // dense FFN width
+  int64_t n_expert = 0;  // 0: dense model
   int64_t n_expert_used = 0;
   int64_t n_ff_exp = 0;    // routed expert width
   int64_t n_ff_shexp = 0;  // shared expert width (0: none)

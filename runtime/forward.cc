@@ -17,8 +17,8 @@ void AddBias(float* y, const std::vector<float>& b, int64_t n_tokens) {
 
 // RMSNorm of n_tokens rows of `width` values, each split in groups of `group` values
 // normalised separately (group == width: the whole row).
-void NormRows(float* y, const std::vector<float>& w, int64_t n_tokens, int64_t width,
-              int64_t group, float eps) {
+void NormRows(float* y, const std::vector<float>& w, int64_t n_tokens, int64_t width, int64_t group,
+              float eps) {
   for (int64_t i = 0; i < n_tokens * width; i += group) {
     kcpu::RmsNorm(y + i, w.data(), group, eps, y + i);
   }
@@ -48,8 +48,8 @@ void Forward::Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, f
   for (int64_t t = 0; t < n; ++t) {
     kcpu::Rope(q_.data() + t * Q, hp.n_head, hp.head_dim, hp.n_rot, pos0 + t, hp.rope_freq_base,
                neox);
-    kcpu::Rope(k_.data() + t * KV, hp.n_head_kv, hp.head_dim, hp.n_rot, pos0 + t,
-               hp.rope_freq_base, neox);
+    kcpu::Rope(k_.data() + t * KV, hp.n_head_kv, hp.head_dim, hp.n_rot, pos0 + t, hp.rope_freq_base,
+               neox);
   }
   kv_->Append(il, pos0, n, k_.data(), v_.data());
   attn_.resize(n * Q);

@@ -33,15 +33,15 @@ class Binder {
     while (have.size() > 1 && have.back() == 1) have.pop_back();
     while (want.size() > 1 && want.back() == 1) want.pop_back();
     if (have != want) {
-      return absl::InvalidArgumentError(absl::StrCat(f_.path(), ": tensor '", name,
-                                                     "' has shape ", DimsString(t->dims),
-                                                     ", expected ", DimsString(dims)));
+      return absl::InvalidArgumentError(absl::StrCat(f_.path(), ": tensor '", name, "' has shape ",
+                                                     DimsString(t->dims), ", expected ",
+                                                     DimsString(dims)));
     }
     const kcpu::TypeTraits* tt = kcpu::FindTypeTraits(t->type);
     if (tt == nullptr || !tt->can_dequantize) {
-      return absl::UnimplementedError(absl::StrCat(
-          f_.path(), ": tensor '", name, "' has type ", tt ? tt->name : "id ",
-          tt ? "" : absl::StrCat(t->type), ", which moex cannot compute with"));
+      return absl::UnimplementedError(
+          absl::StrCat(f_.path(), ": tensor '", name, "' has type ", tt ? tt->name : "id ",
+                       tt ? "" : absl::StrCat(t->type), ", which moex cannot compute with"));
     }
     return t;
   }
@@ -51,16 +51,15 @@ class Binder {
     MOEX_ASSIGN_OR_RETURN(const GgufTensorInfo* t, Get(name, {cols, rows}, required));
     if (t == nullptr) return WeightMatrix{};
     const auto type = static_cast<kcpu::GgmlType>(t->type);
-    return WeightMatrix{type, t->data, rows, cols,
-                        kcpu::RowBytes(kcpu::GetTypeTraits(type), cols)};
+    return WeightMatrix{type, t->data, rows, cols, kcpu::RowBytes(kcpu::GetTypeTraits(type), cols)};
   }
 
   absl::StatusOr<ExpertStack> Experts(const std::string& name, int64_t n, int64_t rows,
                                       int64_t cols) {
     MOEX_ASSIGN_OR_RETURN(const GgufTensorInfo* t, Get(name, {cols, rows, n}, true));
     const auto type = static_cast<kcpu::GgmlType>(t->type);
-    return ExpertStack{type, t->data, n, rows, cols,
-                       kcpu::RowBytes(kcpu::GetTypeTraits(type), cols)};
+    return ExpertStack{type, t->data, n,
+                       rows, cols,    kcpu::RowBytes(kcpu::GetTypeTraits(type), cols)};
   }
 
   // A vector dequantised to F32; empty when absent and !required.
@@ -92,7 +91,8 @@ absl::StatusOr<ModelWeights> BindWeights(const GgufFile& f, const HParams& hp_in
         absl::StrCat(f.path(), ": required tensor 'token_embd.weight' is missing"));
   }
   if (embd->dims.size() != 2) {
-    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor 'token_embd.weight' has shape ",
+    return absl::InvalidArgumentError(absl::StrCat(f.path(),
+                                                   ": tensor 'token_embd.weight' has shape ",
                                                    DimsString(embd->dims), ", expected 2-D"));
   }
   hp.n_vocab = embd->dims[1];
@@ -117,8 +117,10 @@ absl::StatusOr<ModelWeights> BindWeights(const GgufFile& f, const HParams& hp_in
     MOEX_ASSIGN_OR_RETURN(l.bv, b.Vector(p + "attn_v.bias", KV, false));
     if (hp.arch->qk_norm != QkNorm::kNone) {
       const bool per_head = hp.arch->qk_norm == QkNorm::kPerHead;
-      MOEX_ASSIGN_OR_RETURN(l.q_norm, b.Vector(p + "attn_q_norm.weight", per_head ? hp.head_dim : Q));
-      MOEX_ASSIGN_OR_RETURN(l.k_norm, b.Vector(p + "attn_k_norm.weight", per_head ? hp.head_dim : KV));
+      MOEX_ASSIGN_OR_RETURN(l.q_norm,
+                            b.Vector(p + "attn_q_norm.weight", per_head ? hp.head_dim : Q));
+      MOEX_ASSIGN_OR_RETURN(l.k_norm,
+                            b.Vector(p + "attn_k_norm.weight", per_head ? hp.head_dim : KV));
     }
     if (!hp.is_moe()) {
       MOEX_ASSIGN_OR_RETURN(l.ffn_gate, b.Matrix(p + "ffn_gate.weight", hp.n_ff, E));

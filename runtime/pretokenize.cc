@@ -28,8 +28,7 @@ constexpr const char* kQwen2 =
     R"((?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+)"
     R"(|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 // CJK ideographs U+4E00-U+9FA5, U+0800-U+4E00 and Hangul U+AC00-U+D7FF.
-constexpr const char* kDeepSeekCjk =
-    R"([\x{4E00}-\x{9FA5}\x{0800}-\x{4E00}\x{AC00}-\x{D7FF}]+)";
+constexpr const char* kDeepSeekCjk = R"([\x{4E00}-\x{9FA5}\x{0800}-\x{4E00}\x{AC00}-\x{D7FF}]+)";
 // DeepSeek-LLM's letters: the cased letters (Lu, Ll, Lt) of the Unicode version it was
 // made with, as an explicit list so that newer Unicode tables do not change it.
 constexpr const char* kDeepSeekLetters =
@@ -62,14 +61,12 @@ struct Preset {
 
 const std::vector<Preset>& Presets() {
   static const auto* presets = new std::vector<Preset>{
-      {{"default", ""},
-       {R"([\p{P}\$\+<=>\^~\|]+)", kGpt2, R"(\p{N}+)", "[0-9][0-9][0-9]"}},
-      {{"gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de",
-        "a.x-4.0", "mellum", "modern-bert", "mpt", "olmo", "jais", "trillion",
-        "granite-docling", "exaone4", "roberta-bpe", "jina-v1-en", "jina-v2-code"},
+      {{"default", ""}, {R"([\p{P}\$\+<=>\^~\|]+)", kGpt2, R"(\p{N}+)", "[0-9][0-9][0-9]"}},
+      {{"gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
+        "mellum", "modern-bert", "mpt", "olmo", "jais", "trillion", "granite-docling", "exaone4",
+        "roberta-bpe", "jina-v1-en", "jina-v2-code"},
        {kGpt2}},
-      {{"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
-        "lfm2"},
+      {{"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"},
        {kLlama3},
        /*ignore_merges=*/true},
       {{"dbrx", "smaug-bpe", "glm4", "chatglm-bpe"}, {kLlama3}},
@@ -78,8 +75,7 @@ const std::vector<Preset>& Presets() {
        {kQwen2}},
       {{"deepseek-llm"},
        {"[\r\n]", kDeepSeekLetters, kDeepSeekPunct, R"(\s+$)", kDeepSeekCjk, R"(\p{N}+)"}},
-      {{"deepseek-coder"},
-       {"[\r\n]", R"(\s?\p{L}+)", R"(\s?\p{P}+)", kDeepSeekCjk, R"(\p{N})"}},
+      {{"deepseek-coder"}, {"[\r\n]", R"(\s?\p{L}+)", R"(\s?\p{P}+)", kDeepSeekCjk, R"(\p{N})"}},
       {{"deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"},
        {R"(\p{N}{1,3})", R"([\x{4E00}-\x{9FA5}\x{3040}-\x{309F}\x{30A0}-\x{30FF}]+)",
         R"([!"#$%&'()*+,\-./:;<=>?@\[\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+)"
@@ -162,13 +158,12 @@ absl::Status PreTokenizer::Split(std::string_view text,
       const auto* subject = reinterpret_cast<PCRE2_SPTR>(piece.data());
       size_t pos = 0, last = 0;
       while (pos < piece.size()) {
-        int rc = pcre2_match(re->code, subject, piece.size(), pos, PCRE2_NO_UTF_CHECK, md,
-                             nullptr);
+        int rc = pcre2_match(re->code, subject, piece.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
         if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
           // A long run the JIT's default 32 KiB stack cannot hold: the interpreter keeps
           // its backtracking on the heap.
-          rc = pcre2_match(re->code, subject, piece.size(), pos,
-                           PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, nullptr);
+          rc = pcre2_match(re->code, subject, piece.size(), pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT,
+                           md, nullptr);
         }
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {

@@ -46,9 +46,7 @@ absl::StatusOr<TypePlan> ParseType(const std::string& name) {
 }
 
 // llama.cpp's use_more_bits(i_layer, n_layers).
-bool MoreBits(int64_t i, int64_t n) {
-  return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
-}
+bool MoreBits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
 
 // A 256-block type needs rows that are multiples of 256; otherwise use the 32-block type
 // of about the same precision (llama.cpp's fallback table).
@@ -56,10 +54,14 @@ GgmlType FitType(GgmlType t, int64_t cols) {
   const kcpu::TypeTraits& tt = kcpu::GetTypeTraits(t);
   if (cols % tt.block_elems == 0) return t;
   switch (t) {
-    case GgmlType::kQ4_K: return GgmlType::kQ5_0;
-    case GgmlType::kQ5_K: return GgmlType::kQ5_1;
-    case GgmlType::kQ6_K: return GgmlType::kQ8_0;
-    default: return GgmlType::kF16;
+    case GgmlType::kQ4_K:
+      return GgmlType::kQ5_0;
+    case GgmlType::kQ5_K:
+      return GgmlType::kQ5_1;
+    case GgmlType::kQ6_K:
+      return GgmlType::kQ8_0;
+    default:
+      return GgmlType::kF16;
   }
 }
 
@@ -71,8 +73,8 @@ class Builder {
   Builder(GgufWriter* w, uint64_t seed, std::function<void(double)> progress)
       : w_(w), rng_(seed), progress_(std::move(progress)) {}
 
-  absl::Status Tensor(const std::string& name, std::vector<int64_t> dims, GgmlType type,
-                      float mean, float stddev) {
+  absl::Status Tensor(const std::string& name, std::vector<int64_t> dims, GgmlType type, float mean,
+                      float stddev) {
     type = FitType(type, dims[0]);
     int64_t n = 1;
     for (int64_t d : dims) n *= d;
@@ -132,7 +134,7 @@ void AddByteVocab(GgufWriter* w, int64_t n_vocab) {
                                          "de", "pa", "zu", "ho", "me", "ni", "ro", "sa"};
   for (int64_t i = static_cast<int64_t>(tokens.size()), j = 0; i < n_vocab; ++i, ++j) {
     std::string piece = "\xE2\x96\x81";
-    for (int64_t k = j; ; k = k / 16 - 1) {
+    for (int64_t k = j;; k = k / 16 - 1) {
       piece += kSyl[k % 16];
       if (k < 16) break;
     }
@@ -168,12 +170,14 @@ absl::Status WriteSyntheticModel(const SyntheticModelSpec& spec_in, const std::s
   auto bad = [](std::string m) { return absl::InvalidArgumentError(m); };
   if (s.hidden <= 0 || s.layers <= 0 || s.heads <= 0 || s.kv_heads <= 0 || s.head_dim <= 0 ||
       s.ffn <= 0 || s.context <= 0) {
-    return bad("--hidden, --layers, --heads, --kv-heads, --head-dim, --ffn, --ctx must be positive");
+    return bad(
+        "--hidden, --layers, --heads, --kv-heads, --head-dim, --ffn, --ctx must be positive");
   }
   if (s.heads % s.kv_heads) return bad("--kv-heads must divide --heads");
   if (s.head_dim % 2) return bad("--head-dim must be even (RoPE rotates pairs)");
   if (s.hidden % 32) return bad("--hidden must be a multiple of 32 (quant block size)");
-  if (s.experts == 0 && s.arch != "llama") return bad("only --arch llama can be dense (--experts 0)");
+  if (s.experts == 0 && s.arch != "llama")
+    return bad("only --arch llama can be dense (--experts 0)");
   if (s.experts < 0 || (s.experts > 0 && (s.top_k <= 0 || s.top_k > s.experts))) {
     return bad("--top-k must be in 1..--experts");
   }

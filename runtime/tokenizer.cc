@@ -21,8 +21,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const GgufFile& file) {
     absl::StatusOr<PreTokenizer> pre = PreTokenizer::Create(impl->vocab.pre());
     if (!pre.ok()) {
       return absl::InternalError(absl::StrCat(file.path(), ": tokenizer.ggml.pre '",
-                                              std::string(impl->vocab.pre()), "': ",
-                                              pre.status().message()));
+                                              std::string(impl->vocab.pre()),
+                                              "': ", pre.status().message()));
     }
     impl->pre.emplace(std::move(*pre));
   }
@@ -137,14 +137,14 @@ void Tokenizer::Impl::DecodeTo(std::span<const int32_t> ids, bool render_special
                                bool strip_prefix_space, std::string* out) const {
   // SentencePiece: Encode puts a space before the text and after every special token
   // (llama.cpp: add_space_prefix && is_prev_special); take that one space away again.
-  bool after_special = strip_prefix_space && vocab.add_space_prefix() &&
-                       vocab.kind() == Vocab::Kind::kSpm;
+  bool after_special =
+      strip_prefix_space && vocab.add_space_prefix() && vocab.kind() == Vocab::Kind::kSpm;
   for (int32_t id : ids) {
     if (id < 0 || id >= vocab.size()) continue;
     std::string_view t = vocab.Text(id, render_special);
     if (vocab.IsSpecial(id)) {
-      after_special = strip_prefix_space && vocab.add_space_prefix() &&
-                      vocab.kind() == Vocab::Kind::kSpm;
+      after_special =
+          strip_prefix_space && vocab.add_space_prefix() && vocab.kind() == Vocab::Kind::kSpm;
       out->append(t);
       continue;
     }

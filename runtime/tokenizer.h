@@ -54,16 +54,16 @@ class BpeModel {
 
   const Vocab* vocab_ = nullptr;
   int32_t n_vocab_ = 0;
-  int32_t byte_id_[256] = {};     // the piece of one byte in GPT-2's alphabet, -1 if none
-  std::string byte_char_[256];    // that piece's text
+  int32_t byte_id_[256] = {};           // the piece of one byte in GPT-2's alphabet, -1 if none
+  std::string byte_char_[256];          // that piece's text
   std::vector<int32_t> fallback_[256];  // tokens for a byte of a piece outside the vocab
   absl::flat_hash_map<uint64_t, Merge> merges_;
 };
 
 struct Tokenizer::Impl {
   Vocab vocab;
-  std::optional<BpeModel> bpe;          // kind "bpe"
-  std::optional<PreTokenizer> pre;      // kind "bpe"
+  std::optional<BpeModel> bpe;      // kind "bpe"
+  std::optional<PreTokenizer> pre;  // kind "bpe"
 
   // The special-token pass (llama.cpp's tokenizer_st_partition): control, user-defined
   // and unknown tokens are found in the raw text, longest first, before the tokenizer
@@ -79,10 +79,10 @@ struct Tokenizer::Impl {
     std::vector<std::pair<uint8_t, int32_t>> kids;  // byte -> node
     int32_t token = -1;
   };
-  std::vector<TrieNode> trie;           // node 0 is the root
-  std::vector<int32_t> special_rank;    // per token: order of the special pass, -1 if none
-  bool first_any[256] = {};             // some special token starts with this byte
-  bool first_user[256] = {};            // some user-defined token does
+  std::vector<TrieNode> trie;         // node 0 is the root
+  std::vector<int32_t> special_rank;  // per token: order of the special pass, -1 if none
+  bool first_any[256] = {};           // some special token starts with this byte
+  bool first_user[256] = {};          // some user-defined token does
   bool has_user = false;
 
   // Appends the text of `ids`; see Tokenizer::Decode for `strip_prefix_space`.

@@ -2,8 +2,8 @@
 // (src/llama-vocab.cpp): split the normalised text into UTF-8 characters, then keep
 // merging the adjacent pair whose concatenation is a token with the highest score (ties:
 // the leftmost pair), and finally spell whatever is not a token as byte tokens.
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <string_view>
 #include <vector>
 

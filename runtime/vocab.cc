@@ -109,8 +109,8 @@ absl::StatusOr<int32_t> ReadId(const GgufFile& f, std::string_view key, int32_t 
 // tokenizer.ggml.pre values whose vocabularies want a BOS by default (llama.cpp sets
 // add_bos for these pre-tokenizers when the file does not say).
 bool PreAddsBos(std::string_view pre) {
-  for (std::string_view p : {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1",
-                             "pixtral", "tekken", "chameleon"}) {
+  for (std::string_view p : {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                             "tekken", "chameleon"}) {
     if (pre == p) return true;
   }
   return false;
@@ -178,9 +178,9 @@ absl::StatusOr<Vocab> Vocab::Load(const GgufFile& f) {
     MOEX_ASSIGN_OR_RETURN(const GgufValue* types, f.GetArray("tokenizer.ggml.token_type"));
     if (static_cast<int64_t>(types->elems().size()) < n ||
         !(types->elems().empty() || types->elems()[0].is_integer())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          f.path(), ": tokenizer.ggml.token_type has ", types->elems().size(),
-          " entries (integers needed) for ", n, " tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(f.path(), ": tokenizer.ggml.token_type has ", types->elems().size(),
+                       " entries (integers needed) for ", n, " tokens"));
     }
     for (int64_t i = 0; i < n; ++i) {
       v.types_[i] = static_cast<int32_t>(types->elems()[i].AsInt());
@@ -191,9 +191,9 @@ absl::StatusOr<Vocab> Vocab::Load(const GgufFile& f) {
     const auto& e = scores->elems();
     if (static_cast<int64_t>(e.size()) < n ||
         !(e.empty() || e[0].is_float() || e[0].is_integer())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          f.path(), ": tokenizer.ggml.scores has ", e.size(), " entries (numbers needed) for ",
-          n, " tokens"));
+      return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tokenizer.ggml.scores has ",
+                                                     e.size(), " entries (numbers needed) for ", n,
+                                                     " tokens"));
     }
     v.scores_.resize(n);
     for (int64_t i = 0; i < n; ++i) v.scores_[i] = static_cast<float>(e[i].AsDouble());
@@ -215,8 +215,8 @@ absl::StatusOr<Vocab> Vocab::Load(const GgufFile& f) {
   MOEX_ASSIGN_OR_RETURN(v.eot_, ReadId(f, "tokenizer.ggml.eot_token_id", -1, n));
   if (v.eot_ < 0) {
     // No key: the end-of-turn token of the common chat formats, when it is a control token.
-    for (std::string_view text : {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-                                  "<|endoftext|>"}) {
+    for (std::string_view text :
+         {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"}) {
       const int32_t id = v.Find(text);
       if (id >= 0 && v.types_[id] == kControl) {
         v.eot_ = id;
@@ -224,11 +224,10 @@ absl::StatusOr<Vocab> Vocab::Load(const GgufFile& f) {
       }
     }
   }
-  MOEX_ASSIGN_OR_RETURN(bool add_bos, f.GetBoolOr("tokenizer.ggml.add_bos_token",
-                                                  spm || PreAddsBos(v.pre_)));
+  MOEX_ASSIGN_OR_RETURN(bool add_bos,
+                        f.GetBoolOr("tokenizer.ggml.add_bos_token", spm || PreAddsBos(v.pre_)));
   v.add_bos_ = add_bos && v.bos_ >= 0;
-  MOEX_ASSIGN_OR_RETURN(v.add_space_prefix_,
-                        f.GetBoolOr("tokenizer.ggml.add_space_prefix", spm));
+  MOEX_ASSIGN_OR_RETURN(v.add_space_prefix_, f.GetBoolOr("tokenizer.ggml.add_space_prefix", spm));
 
   v.spm_words_independent_ = true;
   for (int32_t i = 0; i < n && v.spm_words_independent_; ++i) {

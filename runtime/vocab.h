@@ -42,8 +42,15 @@ class Vocab {
 
   enum class Kind { kNone, kSpm, kBpe };  // tokenizer.ggml.model "llama" / "gpt2"
   // ggml's token types (tokenizer.ggml.token_type).
-  enum TokenType : int32_t { kUndefined = 0, kNormal = 1, kUnknown = 2, kControl = 3,
-                             kUserDefined = 4, kUnused = 5, kByte = 6 };
+  enum TokenType : int32_t {
+    kUndefined = 0,
+    kNormal = 1,
+    kUnknown = 2,
+    kControl = 3,
+    kUserDefined = 4,
+    kUnused = 5,
+    kByte = 6
+  };
 
   // A file without tokenizer keys gives an empty vocabulary (Kind::kNone), not an error;
   // malformed keys, and a tokenizer.ggml.model other than "llama" or "gpt2", are errors

@@ -9,7 +9,7 @@ namespace {
 
 const std::map<std::string, std::string>& ShortFlags() {
   static const auto* m = new std::map<std::string, std::string>{
-      {"m", "model"}, {"p", "prompt"}, {"n", "n-predict"}, {"t", "threads"},
+      {"m", "model"},    {"p", "prompt"}, {"n", "n-predict"}, {"t", "threads"},
       {"c", "ctx-size"}, {"o", "output"}, {"s", "seed"}};
   return *m;
 }
@@ -140,11 +140,21 @@ std::string JsonString(const std::string& s) {
       continue;
     }
     switch (c) {
-      case '"': o += "\\\""; break;
-      case '\\': o += "\\\\"; break;
-      case '\n': o += "\\n"; break;
-      case '\r': o += "\\r"; break;
-      case '\t': o += "\\t"; break;
+      case '"':
+        o += "\\\"";
+        break;
+      case '\\':
+        o += "\\\\";
+        break;
+      case '\n':
+        o += "\\n";
+        break;
+      case '\r':
+        o += "\\r";
+        break;
+      case '\t':
+        o += "\\t";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];

@@ -45,8 +45,8 @@ int Fail(const char* cmd, const std::string& msg);
 int Usage(const char* cmd, const std::string& msg);
 
 // The sampling flags shared by `run` and `chat`, and their parsing (errors into *err).
-inline constexpr const char* kSamplingFlags[] = {"temp", "top-k", "top-p", "min-p",
-                                                 "repeat-penalty", "repeat-last-n", "seed"};
+inline constexpr const char* kSamplingFlags[] = {
+    "temp", "top-k", "top-p", "min-p", "repeat-penalty", "repeat-last-n", "seed"};
 void ParseSampling(const Args& a, SamplingOptions* s, std::string* err);
 // `flags` plus the sampling flags, and the KV-cache flags (--kv-policy, --kv-type).
 std::set<std::string> WithSampling(std::set<std::string> flags);

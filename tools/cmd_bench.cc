@@ -60,8 +60,8 @@ int CmdBench(int argc, char** argv) {
   Args a;
   std::string err;
   if (!a.Parse(argc, argv,
-               {"model", "n-prompt", "prompt", "n-predict", "depth", "reps", "threads",
-                "kv-policy", "kv-type", "ctx-size"},
+               {"model", "n-prompt", "prompt", "n-predict", "depth", "reps", "threads", "kv-policy",
+                "kv-type", "ctx-size"},
                {"help", "json"}, &err)) {
     return Usage("bench", err);
   }
@@ -123,23 +123,24 @@ int CmdBench(int argc, char** argv) {
   const double fraction = bw > 0 ? dec * bpt / bw : 0;
   const int threads = mo.threads > 0 ? mo.threads : PhysicalCores();
   if (a.Has("json")) {
-    std::printf("{\"model\":%s,\"threads\":%d,\"n_prompt\":%lld,\"n_decode\":%lld,\"depth\":%lld,"
-                "\"reps\":%lld,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"bytes_per_token\":%.0f,"
-                "\"mem_bw_gbps\":%.3f,\"bw_fraction\":%.4f,\"decode_bound_tps\":%.3f,"
-                "\"kv_policy\":%s,\"kv_type\":%s,\"kv_bytes\":%lld,\"kv_peak_bytes\":%lld}\n",
-                JsonString(a.Str("model")).c_str(), threads, (long long)prompt.size(),
-                (long long)n_decode, (long long)depth, (long long)reps, pre, dec, bpt, bw / 1e9,
-                fraction, bpt > 0 ? bw / bpt : 0, JsonString(so.kv_policy).c_str(),
-                JsonString(so.kv_type).c_str(), (long long)kv_bytes, (long long)kv_peak);
+    std::printf(
+        "{\"model\":%s,\"threads\":%d,\"n_prompt\":%lld,\"n_decode\":%lld,\"depth\":%lld,"
+        "\"reps\":%lld,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"bytes_per_token\":%.0f,"
+        "\"mem_bw_gbps\":%.3f,\"bw_fraction\":%.4f,\"decode_bound_tps\":%.3f,"
+        "\"kv_policy\":%s,\"kv_type\":%s,\"kv_bytes\":%lld,\"kv_peak_bytes\":%lld}\n",
+        JsonString(a.Str("model")).c_str(), threads, (long long)prompt.size(), (long long)n_decode,
+        (long long)depth, (long long)reps, pre, dec, bpt, bw / 1e9, fraction,
+        bpt > 0 ? bw / bpt : 0, JsonString(so.kv_policy).c_str(), JsonString(so.kv_type).c_str(),
+        (long long)kv_bytes, (long long)kv_peak);
   } else {
     std::fprintf(stderr, "\n");
     std::printf("%s, %d threads\n", info.path.c_str(), threads);
     std::printf("  %s %lld tokens: %.1f tok/s (median of %lld)\n",
                 depth > 0 ? "context" : "prefill", (long long)prompt.size(), pre, (long long)reps);
-    std::printf("  decode %lld tokens: %.2f tok/s; %.1f MB of weights per token; read bandwidth "
-                "%.1f GB/s -> bound %.2f tok/s; %.0f%% of it\n",
-                (long long)n_decode, dec, bpt / 1e6, bw / 1e9, bpt > 0 ? bw / bpt : 0,
-                100 * fraction);
+    std::printf(
+        "  decode %lld tokens: %.2f tok/s; %.1f MB of weights per token; read bandwidth "
+        "%.1f GB/s -> bound %.2f tok/s; %.0f%% of it\n",
+        (long long)n_decode, dec, bpt / 1e6, bw / 1e9, bpt > 0 ? bw / bpt : 0, 100 * fraction);
     std::printf("  KV cache: %.2f MB now, peak %.2f MB (%s, %s)\n", kv_bytes / 1e6, kv_peak / 1e6,
                 so.kv_policy.c_str(), so.kv_type.c_str());
   }

@@ -50,15 +50,16 @@ void PrintJson(const FileDescription& d) {
   o += "]";
   if (d.has_model_info) {
     const ModelInfo& m = d.model;
-    o += absl::StrCat(
-        ",\"model\":{\"architecture\":", JsonString(m.architecture), ",\"name\":",
-        JsonString(m.name), ",\"n_vocab\":", m.n_vocab, ",\"n_ctx_train\":", m.n_ctx_train,
-        ",\"n_embd\":", m.n_embd, ",\"n_layer\":", m.n_layer, ",\"n_head\":", m.n_head,
-        ",\"n_head_kv\":", m.n_head_kv, ",\"head_dim\":", m.head_dim, ",\"n_rot\":", m.n_rot,
-        ",\"rope_freq_base\":", m.rope_freq_base, ",\"n_ff\":", m.n_ff, ",\"n_expert\":",
-        m.n_expert, ",\"n_expert_used\":", m.n_expert_used, ",\"n_ff_exp\":", m.n_ff_exp,
-        ",\"n_ff_shexp\":", m.n_ff_shexp, ",\"expert_bytes\":", m.expert_bytes,
-        ",\"expert_bytes_total\":", m.expert_bytes_total, "}");
+    o += absl::StrCat(",\"model\":{\"architecture\":", JsonString(m.architecture),
+                      ",\"name\":", JsonString(m.name), ",\"n_vocab\":", m.n_vocab,
+                      ",\"n_ctx_train\":", m.n_ctx_train, ",\"n_embd\":", m.n_embd,
+                      ",\"n_layer\":", m.n_layer, ",\"n_head\":", m.n_head,
+                      ",\"n_head_kv\":", m.n_head_kv, ",\"head_dim\":", m.head_dim,
+                      ",\"n_rot\":", m.n_rot, ",\"rope_freq_base\":", m.rope_freq_base,
+                      ",\"n_ff\":", m.n_ff, ",\"n_expert\":", m.n_expert,
+                      ",\"n_expert_used\":", m.n_expert_used, ",\"n_ff_exp\":", m.n_ff_exp,
+                      ",\"n_ff_shexp\":", m.n_ff_shexp, ",\"expert_bytes\":", m.expert_bytes,
+                      ",\"expert_bytes_total\":", m.expert_bytes_total, "}");
   } else {
     o += ",\"model_error\":" + JsonString(d.model_error);
   }
@@ -73,16 +74,15 @@ void PrintHuman(const FileDescription& d, bool tensors) {
   if (d.has_model_info) {
     const ModelInfo& m = d.model;
     std::printf("model:      %s \"%s\"\n", m.architecture.c_str(), m.name.c_str());
-    std::printf("shape:      %lld layers, hidden %lld, %lld heads (%lld kv) of %lld, vocab %lld, "
-                "trained context %lld\n",
-                (long long)m.n_layer, (long long)m.n_embd, (long long)m.n_head,
-                (long long)m.n_head_kv, (long long)m.head_dim, (long long)m.n_vocab,
-                (long long)m.n_ctx_train);
+    std::printf(
+        "shape:      %lld layers, hidden %lld, %lld heads (%lld kv) of %lld, vocab %lld, "
+        "trained context %lld\n",
+        (long long)m.n_layer, (long long)m.n_embd, (long long)m.n_head, (long long)m.n_head_kv,
+        (long long)m.head_dim, (long long)m.n_vocab, (long long)m.n_ctx_train);
     if (m.n_expert > 0) {
       std::printf("experts:    %lld per layer, top-%lld, width %lld%s\n", (long long)m.n_expert,
                   (long long)m.n_expert_used, (long long)m.n_ff_exp,
-                  m.n_ff_shexp ? absl::StrCat(", shared expert width ", m.n_ff_shexp).c_str()
-                               : "");
+                  m.n_ff_shexp ? absl::StrCat(", shared expert width ", m.n_ff_shexp).c_str() : "");
       std::printf("per expert: %s (gate+up+down); all routed experts %s (%.1f%% of the file)\n",
                   HumanBytes(m.expert_bytes).c_str(), HumanBytes(m.expert_bytes_total).c_str(),
                   100.0 * m.expert_bytes_total / d.file_bytes);

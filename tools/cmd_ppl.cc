@@ -60,7 +60,8 @@ int CmdPpl(int argc, char** argv) {
   ModelOptions mo;
   mo.threads = static_cast<int>(a.Int("threads", 0, &err));
   if (!err.empty()) return Usage("ppl", err);
-  if (ctx < 2 || stride < 1 || chunk < 1) return Usage("ppl", "-c >= 2, --stride >= 1, --chunk >= 1");
+  if (ctx < 2 || stride < 1 || chunk < 1)
+    return Usage("ppl", "-c >= 2, --stride >= 1, --chunk >= 1");
 
   std::ifstream f(a.Str("file"), std::ios::binary);
   if (!f) return Fail("ppl", "cannot read " + a.Str("file"));
@@ -131,21 +132,23 @@ int CmdPpl(int argc, char** argv) {
   }
   const double ppl = std::exp(nll / scored);
   if (a.Has("json")) {
-    std::printf("{\"model\":%s,\"file\":%s,\"ppl\":%.6f,\"tokens\":%lld,\"windows\":%lld,"
-                "\"ctx\":%lld,\"chunk\":%lld,\"kv_policy\":%s,\"kv_type\":%s,\"top1\":%.6f,"
-                "\"kv_bytes_per_token\":%.1f,\"kv_peak_bytes\":%lld,\"tokens_per_second\":%.1f}\n",
-                JsonString(a.Str("model")).c_str(), JsonString(a.Str("file")).c_str(), ppl,
-                (long long)scored, (long long)windows, (long long)ctx, (long long)chunk,
-                JsonString(policy).c_str(), JsonString(so.kv_type).c_str(),
-                static_cast<double>(top1) / scored, bytes_per_token / windows, (long long)peak,
-                seconds > 0 ? windows * ctx / seconds : 0.0);
+    std::printf(
+        "{\"model\":%s,\"file\":%s,\"ppl\":%.6f,\"tokens\":%lld,\"windows\":%lld,"
+        "\"ctx\":%lld,\"chunk\":%lld,\"kv_policy\":%s,\"kv_type\":%s,\"top1\":%.6f,"
+        "\"kv_bytes_per_token\":%.1f,\"kv_peak_bytes\":%lld,\"tokens_per_second\":%.1f}\n",
+        JsonString(a.Str("model")).c_str(), JsonString(a.Str("file")).c_str(), ppl,
+        (long long)scored, (long long)windows, (long long)ctx, (long long)chunk,
+        JsonString(policy).c_str(), JsonString(so.kv_type).c_str(),
+        static_cast<double>(top1) / scored, bytes_per_token / windows, (long long)peak,
+        seconds > 0 ? windows * ctx / seconds : 0.0);
   } else {
     std::fprintf(stderr, "\n");
-    std::printf("ppl %.4f over %lld tokens (%lld windows of %lld), top-1 %.3f, KV %.0f bytes per "
-                "token, peak %lld bytes (%s, %s)\n",
-                ppl, (long long)scored, (long long)windows, (long long)ctx,
-                static_cast<double>(top1) / scored, bytes_per_token / windows, (long long)peak,
-                policy.c_str(), so.kv_type.c_str());
+    std::printf(
+        "ppl %.4f over %lld tokens (%lld windows of %lld), top-1 %.3f, KV %.0f bytes per "
+        "token, peak %lld bytes (%s, %s)\n",
+        ppl, (long long)scored, (long long)windows, (long long)ctx,
+        static_cast<double>(top1) / scored, bytes_per_token / windows, (long long)peak,
+        policy.c_str(), so.kv_type.c_str());
   }
   return 0;
 }

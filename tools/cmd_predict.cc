@@ -99,8 +99,8 @@ int CmdPredict(int argc, char** argv) {
         o += absl::StrCat(o.empty() ? "" : ",", "\"", p.distance, "\":", p.recall);
       }
     }
-    std::string out = absl::StrCat("{\"model\":", JsonString(a.Str("model")), ",\"windows\":",
-                                   windows, ",\"ctx\":", ctx, ",\"predictors\":{");
+    std::string out = absl::StrCat("{\"model\":", JsonString(a.Str("model")),
+                                   ",\"windows\":", windows, ",\"ctx\":", ctx, ",\"predictors\":{");
     bool first = true;
     for (const auto& [name, body_json] : model_level) {
       out += absl::StrCat(first ? "" : ",", JsonString(name), ":{", body_json, "}");

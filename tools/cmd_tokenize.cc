@@ -31,8 +31,6 @@ constexpr char kDetokenizeHelp[] =
     "  --special      write control tokens (<s>, <|im_end|>) as their text\n"
     "  --json         {\"text\":\"...\"} on stdout\n";
 
-
-
 std::unique_ptr<Tokenizer> OpenTokenizer(const std::string& path, std::string* err) {
   absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Open(path);
   if (!t.ok()) {
@@ -79,8 +77,7 @@ int CmdTokenize(int argc, char** argv) {
   if (!ids.ok()) return Fail("tokenize", std::string(ids.status().message()));
 
   if (a.Has("json")) {
-    std::printf("{\"ids\":[%s],\"n_tokens\":%zu}\n", absl::StrJoin(*ids, ",").c_str(),
-                ids->size());
+    std::printf("{\"ids\":[%s],\"n_tokens\":%zu}\n", absl::StrJoin(*ids, ",").c_str(), ids->size());
     return 0;
   }
   std::printf("%s\n", absl::StrJoin(*ids, ",").c_str());
@@ -93,12 +90,13 @@ int CmdTokenize(int argc, char** argv) {
                   JsonString(text).c_str());
     }
   }
-  std::fprintf(stderr, "moex tokenize: %zu bytes -> %zu tokens (%s tokenizer%s%s)\n",
-               text.size(), ids->size(), tok->kind().c_str(),
-               tok->pre().empty() ? "" : ", pre-tokenizer ", tok->pre().c_str());
+  std::fprintf(stderr, "moex tokenize: %zu bytes -> %zu tokens (%s tokenizer%s%s)\n", text.size(),
+               ids->size(), tok->kind().c_str(), tok->pre().empty() ? "" : ", pre-tokenizer ",
+               tok->pre().c_str());
   if (!tok->pre_known()) {
-    std::fprintf(stderr, "moex tokenize: note: the file's tokenizer.ggml.pre is not known; "
-                         "GPT-2's pre-tokenizer was used\n");
+    std::fprintf(stderr,
+                 "moex tokenize: note: the file's tokenizer.ggml.pre is not known; "
+                 "GPT-2's pre-tokenizer was used\n");
   }
   return 0;
 }
@@ -116,8 +114,8 @@ int CmdDetokenize(int argc, char** argv) {
   if (a.Str("model").empty()) return Usage("detokenize", "no model file given (-m MODEL.gguf)");
   std::vector<int32_t> ids;
   if (!ParseIdList(a.Str("tokens"), &ids)) {
-    return Usage("detokenize", "--tokens needs a comma-separated list of ids, got '" +
-                                   a.Str("tokens") + "'");
+    return Usage("detokenize",
+                 "--tokens needs a comma-separated list of ids, got '" + a.Str("tokens") + "'");
   }
   std::unique_ptr<Tokenizer> tok = OpenTokenizer(a.Str("model"), &err);
   if (!tok) return Fail("detokenize", err);

@@ -32,12 +32,12 @@ struct ModelInfo {
   int64_t n_expert_used = 0;
   int64_t n_ff_exp = 0;
   int64_t n_ff_shexp = 0;
-  int32_t bos_token = -1;  // -1: none
+  int32_t bos_token = -1;     // -1: none
   std::string chat_template;  // tokenizer.chat_template (Jinja text), "" when absent
   int32_t eos_token = -1;
   bool add_bos = false;
   uint64_t file_bytes = 0;
-  uint64_t expert_bytes = 0;  // one routed expert of layer 0 (gate + up + down), 0 if dense
+  uint64_t expert_bytes = 0;        // one routed expert of layer 0 (gate + up + down), 0 if dense
   uint64_t expert_bytes_total = 0;  // all routed experts of all layers
 };
 
@@ -79,11 +79,11 @@ struct SyntheticModelSpec {
   int64_t head_dim = 0;  // 0: hidden / heads
   int64_t experts = 8;   // 0: dense (llama only)
   int64_t top_k = 2;
-  int64_t ffn = 512;         // expert FFN width (dense FFN width when experts == 0)
-  int64_t shared_ffn = 0;    // qwen2moe shared expert width (0: hidden * 2 for qwen2moe)
-  int64_t vocab_size = 0;    // 0: the vocab file's size, or 4096
+  int64_t ffn = 512;       // expert FFN width (dense FFN width when experts == 0)
+  int64_t shared_ffn = 0;  // qwen2moe shared expert width (0: hidden * 2 for qwen2moe)
+  int64_t vocab_size = 0;  // 0: the vocab file's size, or 4096
   int64_t context = 4096;
-  std::string vocab_path;    // GGUF whose tokenizer.* keys are copied; "" = a byte vocab
+  std::string vocab_path;  // GGUF whose tokenizer.* keys are copied; "" = a byte vocab
   uint64_t seed = 1;
 };
 

@@ -46,9 +46,10 @@ struct SamplingOptions {
   int32_t top_k = 40;        // <= 0: off
   float top_p = 0.95f;       // >= 1: off
   float min_p = 0.05f;       // <= 0: off
-  float repeat_penalty = 1.0f;  // 1: off (llama.cpp's rule: divide positive logits, multiply negative)
-  int32_t repeat_last_n = 64;   // how many recent tokens the penalty looks at
-  uint64_t seed = 0;            // same seed, same model, same prompt: same tokens
+  float repeat_penalty =
+      1.0f;  // 1: off (llama.cpp's rule: divide positive logits, multiply negative)
+  int32_t repeat_last_n = 64;  // how many recent tokens the penalty looks at
+  uint64_t seed = 0;           // same seed, same model, same prompt: same tokens
 };
 
 struct GenerateOptions {
@@ -64,9 +65,7 @@ struct Stats {
   double prefill_seconds = 0;
   double decode_seconds = 0;
   double prefill_tps() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0; }
-  double decode_tps() const {
-    return decode_seconds > 0 ? generated_tokens / decode_seconds : 0;
-  }
+  double decode_tps() const { return decode_seconds > 0 ? generated_tokens / decode_seconds : 0; }
 };
 
 // Called with each generated token; return false to stop generating (cancellation).

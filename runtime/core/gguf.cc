@@ -908,9 +908,8 @@ absl::Status GgufWriter::AddTensor(std::string name, std::vector<int64_t> dims, 
                                    std::span<const uint8_t> data) {
   MOEX_ASSIGN_OR_RETURN(const uint64_t nbytes, CheckTensor(name, dims, type));
   if (nbytes != data.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("GGUF tensor ", Quote(name), ": ",
-                                                   data.size(), " bytes of data, the shape needs ",
-                                                   nbytes));
+    return absl::InvalidArgumentError(absl::StrCat("GGUF tensor ", Quote(name), ": ", data.size(),
+                                                   " bytes of data, the shape needs ", nbytes));
   }
   tensors_.push_back(Tensor{std::move(name), std::move(dims), type, nbytes,
                             std::vector<uint8_t>(data.begin(), data.end()), nullptr});

@@ -54,9 +54,9 @@ const char* GgufTypeName(GgufType t);
 class GgufValue {
  public:
   GgufValue() = default;
-  static GgufValue Int(GgufType t, int64_t v);      // any integer or bool type
+  static GgufValue Int(GgufType t, int64_t v);  // any integer or bool type
   static GgufValue Uint64(uint64_t v);
-  static GgufValue Float(GgufType t, double v);     // kFloat32 or kFloat64
+  static GgufValue Float(GgufType t, double v);  // kFloat32 or kFloat64
   static GgufValue Bool(bool v);
   static GgufValue String(std::string v);           // owns its bytes
   static GgufValue StringView(std::string_view v);  // refers to bytes kept alive elsewhere
@@ -65,12 +65,12 @@ class GgufValue {
   GgufType type() const { return type_; }
   bool is_integer() const;  // any (u)int type or bool
   bool is_float() const { return type_ == GgufType::kFloat32 || type_ == GgufType::kFloat64; }
-  int64_t AsInt() const { return i_; }    // REQUIRES: is_integer() (u64 above 2^63 wraps)
+  int64_t AsInt() const { return i_; }  // REQUIRES: is_integer() (u64 above 2^63 wraps)
   uint64_t AsUint64() const { return static_cast<uint64_t>(i_); }
   double AsDouble() const { return is_float() ? f_ : static_cast<double>(i_); }
   bool AsBool() const { return i_ != 0; }
   std::string_view AsString() const { return str_; }  // REQUIRES: type() == kString
-  GgufType elem_type() const { return elem_type_; }    // REQUIRES: type() == kArray
+  GgufType elem_type() const { return elem_type_; }   // REQUIRES: type() == kArray
   const std::vector<GgufValue>& elems() const { return elems_; }
 
  private:
@@ -91,10 +91,10 @@ struct GgufKeyValue {
 
 struct GgufTensorInfo {
   std::string name;
-  std::vector<int64_t> dims;  // ne[0] first: dims[0] is the contiguous (row) dimension
-  uint32_t type = 0;          // raw ggml type id (see kernels_cpu/quant.h)
-  uint64_t offset = 0;        // relative to the data section
-  uint64_t nbytes = 0;        // validated: inside the file
+  std::vector<int64_t> dims;      // ne[0] first: dims[0] is the contiguous (row) dimension
+  uint32_t type = 0;              // raw ggml type id (see kernels_cpu/quant.h)
+  uint64_t offset = 0;            // relative to the data section
+  uint64_t nbytes = 0;            // validated: inside the file
   const uint8_t* data = nullptr;  // in the mapping
   int64_t n_elements() const;
 };
@@ -158,9 +158,15 @@ class GgufFile {
 class GgufWriter {
  public:
   void Set(std::string key, GgufValue value);  // replaces an existing key, keeps its place
-  void SetString(std::string key, std::string v) { Set(std::move(key), GgufValue::String(std::move(v))); }
-  void SetU32(std::string key, uint32_t v) { Set(std::move(key), GgufValue::Int(GgufType::kUint32, v)); }
-  void SetF32(std::string key, float v) { Set(std::move(key), GgufValue::Float(GgufType::kFloat32, v)); }
+  void SetString(std::string key, std::string v) {
+    Set(std::move(key), GgufValue::String(std::move(v)));
+  }
+  void SetU32(std::string key, uint32_t v) {
+    Set(std::move(key), GgufValue::Int(GgufType::kUint32, v));
+  }
+  void SetF32(std::string key, float v) {
+    Set(std::move(key), GgufValue::Float(GgufType::kFloat32, v));
+  }
   void SetBool(std::string key, bool v) { Set(std::move(key), GgufValue::Bool(v)); }
   // Copies the key/value pairs of `src` whose key starts with `prefix`.
   void CopyMetadata(const GgufFile& src, std::string_view prefix);

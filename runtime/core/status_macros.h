@@ -12,10 +12,10 @@
 #define MOEX_STATUS_CONCAT_(a, b) MOEX_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function when `expr` (an absl::Status) is not OK.
-#define MOEX_RETURN_IF_ERROR(expr)                  \
-  do {                                              \
-    ::absl::Status moex_status_ = (expr);           \
-    if (!moex_status_.ok()) return moex_status_;    \
+#define MOEX_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::absl::Status moex_status_ = (expr);        \
+    if (!moex_status_.ok()) return moex_status_; \
   } while (0)
 
 // `MOEX_ASSIGN_OR_RETURN(auto x, Foo());` assigns the value of a StatusOr, or returns

@@ -63,8 +63,7 @@ struct TypeCase {
   double max_rel_error_vs_f32;  // quantisation error budget of the whole forward pass
 };
 
-class ArchTypeTest
-    : public ::testing::TestWithParam<std::tuple<const char*, TypeCase>> {};
+class ArchTypeTest : public ::testing::TestWithParam<std::tuple<const char*, TypeCase>> {};
 
 TEST_P(ArchTypeTest, QuantisedModelTracksItsF32Original) {
   const auto [arch, tc] = GetParam();
@@ -150,7 +149,8 @@ TEST_P(ArchTest, GreedyGenerationFollowsArgmaxAndSeedsRepeat) {
   EXPECT_EQ(*a, *b);
 }
 
-INSTANTIATE_TEST_SUITE_P(All, ArchTest, ::testing::Values("llama", "qwen2moe", "qwen3moe", "olmoe"));
+INSTANTIATE_TEST_SUITE_P(All, ArchTest,
+                         ::testing::Values("llama", "qwen2moe", "qwen3moe", "olmoe"));
 
 class SessionTest : public ::testing::Test {
  protected:

@@ -16,9 +16,10 @@ class ChatCliTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new std::string(testing::MakeTempDir());
     std::string out;
-    ASSERT_EQ(testing::RunCommand(Moex() + " gen --arch qwen3moe --type q8_0 --hidden 64 "
-                                          "--layers 2 --heads 4 --kv-heads 2 --experts 4 "
-                                          "--top-k 2 --ffn 64 --vocab-size 600 --quiet -o " +
+    ASSERT_EQ(testing::RunCommand(Moex() +
+                                      " gen --arch qwen3moe --type q8_0 --hidden 64 "
+                                      "--layers 2 --heads 4 --kv-heads 2 --experts 4 "
+                                      "--top-k 2 --ffn 64 --vocab-size 600 --quiet -o " +
                                       Model(),
                                   &out),
               0)
@@ -65,10 +66,10 @@ TEST_F(ChatCliTest, SecondTurnPrefillsOnlyWhatIsNew) {
 TEST_F(ChatCliTest, CommandsWorkAndSaveWritesTheConversation) {
   const std::string save = *dir_ + "/conv.json";
   std::string out, err;
-  ASSERT_EQ(Chat("-n 4 --system 'be brief'", "/help\nhi\n/stats\n/save " + save +
-                                                  "\n/bogus\n/reset\n/exit\nnot read\n",
-                 &out, &err),
-            0)
+  ASSERT_EQ(
+      Chat("-n 4 --system 'be brief'",
+           "/help\nhi\n/stats\n/save " + save + "\n/bogus\n/reset\n/exit\nnot read\n", &out, &err),
+      0)
       << err;
   EXPECT_NE(out.find("/reset"), std::string::npos) << out;  // the /help text
   EXPECT_NE(out.find("[saved to"), std::string::npos) << out;

@@ -14,15 +14,18 @@ class PplCliTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new std::string(testing::MakeTempDir());
     std::string out;
-    ASSERT_EQ(testing::RunCommand(Moex() + " gen --arch qwen3moe --type f16 --hidden 64 "
-                                           "--layers 2 --heads 4 --kv-heads 2 --head-dim 32 "
-                                           "--experts 4 --top-k 2 --ffn 64 --vocab-size 600 "
-                                           "--quiet -o " + *dir_ + "/m.gguf",
+    ASSERT_EQ(testing::RunCommand(Moex() +
+                                      " gen --arch qwen3moe --type f16 --hidden 64 "
+                                      "--layers 2 --heads 4 --kv-heads 2 --head-dim 32 "
+                                      "--experts 4 --top-k 2 --ffn 64 --vocab-size 600 "
+                                      "--quiet -o " +
+                                      *dir_ + "/m.gguf",
                                   &out),
               0)
         << out;
     std::string text;
-    for (int i = 0; i < 60; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + ". ";
+    for (int i = 0; i < 60; ++i)
+      text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + ". ";
     ASSERT_EQ(testing::RunCommand("printf '%s' '" + text + "' > " + *dir_ + "/t.txt", &out), 0);
   }
   static std::string Moex() { return testing::BinaryPath("tools/moex"); }
@@ -69,10 +72,10 @@ TEST_F(PplCliTest, CompressionKeepsTheBudgetAndChangesTheScore) {
   EXPECT_EQ(Field(h2o, "kv_bytes_per_token"), 1024 * 16 / 64);
   EXPECT_NE(Field(h2o, "ppl"), Field(Ppl(""), "ppl"));
   std::string out;
-  EXPECT_EQ(testing::RunCommand(Moex() + " ppl -m " + *dir_ + "/m.gguf --file " + *dir_ +
-                                    "/t.txt --kv-policy lru",
-                                &out),
-            2)
+  EXPECT_EQ(
+      testing::RunCommand(
+          Moex() + " ppl -m " + *dir_ + "/m.gguf --file " + *dir_ + "/t.txt --kv-policy lru", &out),
+      2)
       << out;
   EXPECT_NE(out.find("unknown KV policy 'lru'"), std::string::npos) << out;
 }
@@ -87,14 +90,17 @@ TEST(BenchCliTest, JsonHasTheFiguresAndTheBandwidthBound) {
   const std::string dir = testing::MakeTempDir();
   const std::string moex = testing::BinaryPath("tools/moex");
   std::string out;
-  ASSERT_EQ(testing::RunCommand(moex + " gen --arch olmoe --type q8_0 --hidden 64 --layers 2 "
-                                       "--heads 4 --kv-heads 4 --experts 8 --top-k 2 --ffn 64 "
-                                       "--vocab-size 600 --quiet -o " + dir + "/b.gguf",
+  ASSERT_EQ(testing::RunCommand(moex +
+                                    " gen --arch olmoe --type q8_0 --hidden 64 --layers 2 "
+                                    "--heads 4 --kv-heads 4 --experts 8 --top-k 2 --ffn 64 "
+                                    "--vocab-size 600 --quiet -o " +
+                                    dir + "/b.gguf",
                                 &out),
             0)
       << out;
-  ASSERT_EQ(testing::RunCommand(moex + " bench -m " + dir + "/b.gguf -p 8 -n 4 --reps 1 --json "
-                                       "--kv-type f16 2>/dev/null",
+  ASSERT_EQ(testing::RunCommand(moex + " bench -m " + dir +
+                                    "/b.gguf -p 8 -n 4 --reps 1 --json "
+                                    "--kv-type f16 2>/dev/null",
                                 &out),
             0)
       << out;

@@ -19,8 +19,8 @@ TEST(PredictCliTest, TinyMoeRecallEqualsTheReference) {
   // The reference windows: the first 20000 bytes of each validation text, in this order.
   std::string out;
   ASSERT_EQ(testing::RunCommand("(head -c 20000 " + tm + "val-python.txt; head -c 20000 " + tm +
-                                    "val-fortunes.txt; head -c 20000 " + tm +
-                                    "val-kjv.txt) > " + dir + "/valmix.txt",
+                                    "val-fortunes.txt; head -c 20000 " + tm + "val-kjv.txt) > " +
+                                    dir + "/valmix.txt",
                                 &out),
             0);
   ASSERT_EQ(testing::RunCommand(testing::BinaryPath("tools/moex") + " predict -m " + tm +

@@ -19,8 +19,8 @@ int Moex(const std::string& args, std::string* out) {
   return RunCommand(Quoted(BinaryPath("tools/moex")) + " " + args + " 2>/dev/null", out);
 }
 int MoexStderr(const std::string& args, std::string* err) {
-  return RunCommand(
-      "{ " + Quoted(BinaryPath("tools/moex")) + " " + args + " 2>&1 >/dev/null; }", err);
+  return RunCommand("{ " + Quoted(BinaryPath("tools/moex")) + " " + args + " 2>&1 >/dev/null; }",
+                    err);
 }
 
 std::string Qwen2() {
@@ -37,17 +37,16 @@ TEST(TokenizeCliTest, JsonIdsOnAVocabOnlyFile) {
   EXPECT_EQ(out, "{\"ids\":[21927,11,1879,0],\"n_tokens\":4}\n");
 
   // Control tokens only with --special; Qwen adds no BOS.
-  ASSERT_EQ(Moex("tokenize -m " + Quoted(Qwen2()) + " --text '<|im_start|>user' --special --json",
-                 &out),
-            0);
+  ASSERT_EQ(
+      Moex("tokenize -m " + Quoted(Qwen2()) + " --text '<|im_start|>user' --special --json", &out),
+      0);
   EXPECT_EQ(out, "{\"ids\":[151644,872],\"n_tokens\":2}\n");
 }
 
 TEST(TokenizeCliTest, DetokenizeInvertsTokenize) {
   if (Qwen2().empty()) GTEST_SKIP() << "no ../shared/testdata/vocab";
   std::string out;
-  ASSERT_EQ(Moex("detokenize -m " + Quoted(Qwen2()) + " --tokens 21927,11,1879,0 --json", &out),
-            0);
+  ASSERT_EQ(Moex("detokenize -m " + Quoted(Qwen2()) + " --tokens 21927,11,1879,0 --json", &out), 0);
   EXPECT_EQ(out, "{\"text\":\" Hello, world!\"}\n");
 }
 

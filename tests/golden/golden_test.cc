@@ -79,8 +79,8 @@ TEST_P(GoldenTest, LogitsMatchReference) {
   const double rel = std::sqrt(diff2 / ref2);
   const double argmax_rate = static_cast<double>(same_argmax) / ref.n_tokens;
   // Recorded in the test log: the figures the foundation issue asks to report.
-  std::printf("[golden] %-22s vs %-9s rel_error %.6f argmax %.3f (%d/%d)\n", c.model,
-              c.reference, rel, argmax_rate, same_argmax, ref.n_tokens);
+  std::printf("[golden] %-22s vs %-9s rel_error %.6f argmax %.3f (%d/%d)\n", c.model, c.reference,
+              rel, argmax_rate, same_argmax, ref.n_tokens);
   EXPECT_LE(rel, c.max_rel_error);
   EXPECT_GE(argmax_rate, 0.90);
 }
@@ -89,22 +89,21 @@ constexpr double kFloatTol = 0.005, kBf16Tol = 0.01, kQuantTol = 0.05;
 
 INSTANTIATE_TEST_SUITE_P(
     Models, GoldenTest,
-    ::testing::Values(
-        GoldenCase{"models", "vis-mixtral-q4_0", "llamacpp", kQuantTol},
-        GoldenCase{"models", "vis-mixtral-q4_0", "dequant-f32", kQuantTol},
-        GoldenCase{"models", "vis-qwen2moe-q8_0", "llamacpp", kQuantTol},
-        GoldenCase{"models", "vis-qwen2moe-q8_0", "dequant-f32", kQuantTol},
-        GoldenCase{"models", "vis-qwen3moe-q4_k_m", "llamacpp", kQuantTol},
-        GoldenCase{"models", "vis-qwen3moe-q4_k_m", "dequant-f32", kQuantTol},
-        GoldenCase{"models", "vis-olmoe-q5_k_m", "llamacpp", kQuantTol},
-        GoldenCase{"models", "vis-olmoe-q5_k_m", "dequant-f32", kQuantTol},
-        GoldenCase{"models", "vis-llama-f16", "llamacpp", kFloatTol},
-        GoldenCase{"models", "vis-llama-f16", "dequant-f32", kFloatTol},
-        GoldenCase{"models", "vis-llama-bf16", "llamacpp", kBf16Tol},
-        GoldenCase{"models", "vis-llama-bf16", "dequant-f32", kBf16Tol},
-        GoldenCase{"tiny-moe", "tiny-moe-f32", "llamacpp", kFloatTol},
-        GoldenCase{"tiny-moe", "tiny-moe-f16", "llamacpp", kFloatTol},
-        GoldenCase{"tiny-moe", "tiny-moe-q8_0", "llamacpp", kQuantTol}),
+    ::testing::Values(GoldenCase{"models", "vis-mixtral-q4_0", "llamacpp", kQuantTol},
+                      GoldenCase{"models", "vis-mixtral-q4_0", "dequant-f32", kQuantTol},
+                      GoldenCase{"models", "vis-qwen2moe-q8_0", "llamacpp", kQuantTol},
+                      GoldenCase{"models", "vis-qwen2moe-q8_0", "dequant-f32", kQuantTol},
+                      GoldenCase{"models", "vis-qwen3moe-q4_k_m", "llamacpp", kQuantTol},
+                      GoldenCase{"models", "vis-qwen3moe-q4_k_m", "dequant-f32", kQuantTol},
+                      GoldenCase{"models", "vis-olmoe-q5_k_m", "llamacpp", kQuantTol},
+                      GoldenCase{"models", "vis-olmoe-q5_k_m", "dequant-f32", kQuantTol},
+                      GoldenCase{"models", "vis-llama-f16", "llamacpp", kFloatTol},
+                      GoldenCase{"models", "vis-llama-f16", "dequant-f32", kFloatTol},
+                      GoldenCase{"models", "vis-llama-bf16", "llamacpp", kBf16Tol},
+                      GoldenCase{"models", "vis-llama-bf16", "dequant-f32", kBf16Tol},
+                      GoldenCase{"tiny-moe", "tiny-moe-f32", "llamacpp", kFloatTol},
+                      GoldenCase{"tiny-moe", "tiny-moe-f16", "llamacpp", kFloatTol},
+                      GoldenCase{"tiny-moe", "tiny-moe-q8_0", "llamacpp", kQuantTol}),
     [](const ::testing::TestParamInfo<GoldenCase>& info) {
       std::string n = std::string(info.param.model) + "_" + info.param.reference;
       for (char& ch : n) {

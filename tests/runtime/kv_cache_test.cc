@@ -86,16 +86,15 @@ TEST(KvCacheTest, FullF32IsBitIdenticalToThePlainCache) {
   auto c = KvCache::Create(Shape(2, 64, 2, 32));
   ASSERT_TRUE(c.ok());
   const Outputs r = Drive(**c, 6, 13, 9, std::random_device{}());
-  EXPECT_EQ(r.out, r.ref);  // exact, not near
+  EXPECT_EQ(r.out, r.ref);                            // exact, not near
   EXPECT_EQ((*c)->bytes(), 2 * 2 * 22 * 32 * 4 * 2);  // layers x heads x positions x row x K,V
   EXPECT_EQ((*c)->peak_bytes(), (*c)->bytes());
 }
 
 TEST(KvCacheTest, QuantisedRowsStayWithinTheirErrorBounds) {
-  for (auto [type, bound] : {std::pair{kcpu::GgmlType::kF16, 2e-3},
-                             std::pair{kcpu::GgmlType::kBF16, 1.5e-2},
-                             std::pair{kcpu::GgmlType::kQ8_0, 1.5e-2},
-                             std::pair{kcpu::GgmlType::kQ4_1, 0.15}}) {
+  for (auto [type, bound] :
+       {std::pair{kcpu::GgmlType::kF16, 2e-3}, std::pair{kcpu::GgmlType::kBF16, 1.5e-2},
+        std::pair{kcpu::GgmlType::kQ8_0, 1.5e-2}, std::pair{kcpu::GgmlType::kQ4_1, 0.15}}) {
     KvCache::Options o = Shape(1, 64, 2, 64);
     o.type = type;
     auto c = KvCache::Create(o);

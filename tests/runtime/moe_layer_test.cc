@@ -1,10 +1,11 @@
 // The router and the MoE layer against a per-token naive computation.
+#include "experts/moe_layer.h"
+
 #include <cmath>
 #include <numeric>
 #include <random>
 #include <vector>
 
-#include "experts/moe_layer.h"
 #include "gtest/gtest.h"
 #include "kernels_cpu/quant.h"
 
@@ -21,8 +22,12 @@ Stack MakeStack(std::mt19937_64& rng, int64_t n, int64_t rows, int64_t cols) {
   std::normal_distribution<float> d(0, 0.2f);
   s.data.resize(n * rows * cols);
   for (float& x : s.data) x = d(rng);
-  s.view = ExpertStack{kcpu::GgmlType::kF32, reinterpret_cast<const uint8_t*>(s.data.data()),
-                       n, rows, cols, cols * 4};
+  s.view = ExpertStack{kcpu::GgmlType::kF32,
+                       reinterpret_cast<const uint8_t*>(s.data.data()),
+                       n,
+                       rows,
+                       cols,
+                       cols * 4};
   return s;
 }
 
@@ -129,8 +134,8 @@ TEST(MoeLayerTest, SharedExpertIsAddedWithItsSigmoidGate) {
     double logit = 0;
     for (int64_t c = 0; c < E; ++c) logit += double{sgate.data[c]} * x[t * E + c];
     const double s = 1 / (1 + std::exp(-logit));
-    const std::vector<float> ys = NaiveFfn(sg.data.data(), su.data.data(), sd.data.data(),
-                                           x.data() + t * E, E, F);
+    const std::vector<float> ys =
+        NaiveFfn(sg.data.data(), su.data.data(), sd.data.data(), x.data() + t * E, E, F);
     for (int64_t c = 0; c < E; ++c) {
       EXPECT_NEAR(with_shared[t * E + c], routed[t * E + c] + s * ys[c], 1e-4);
     }

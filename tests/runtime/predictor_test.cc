@@ -1,10 +1,9 @@
 // Expert predictors and their meter on hand-made layers whose right answers are known.
-#include "predictor/expert_predictor.h"
-
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "predictor/expert_predictor.h"
 
 namespace moex {
 namespace {

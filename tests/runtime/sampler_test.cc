@@ -1,11 +1,12 @@
 // The sampler's filters and its randomness, each pinned by a case where getting it
 // wrong changes the answer.
+#include "runtime/sampler.h"
+
 #include <cmath>
 #include <map>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "runtime/sampler.h"
 
 namespace moex {
 namespace {

@@ -2,6 +2,8 @@
 // ../shared/testdata/vocab must give exactly the expected ids), round trips, streaming
 // decode of characters split across byte tokens, special tokens and BOS handling, and the
 // pre-tokenizer's splitting rules on hand-made cases.
+#include "moex/tokenizer.h"
+
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -9,7 +11,6 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "moex/tokenizer.h"
 #include "runtime/pretokenize.h"
 #include "runtime/utf8.h"
 #include "tests/test_util.h"
@@ -40,11 +41,11 @@ std::unique_ptr<Tokenizer> OpenVocab(const std::string& name) {
   return t.ok() ? std::move(*t) : nullptr;
 }
 
-#define OPEN_OR_SKIP(var, name)                                                  \
-  std::unique_ptr<Tokenizer> var = OpenVocab(name);                              \
-  if (var == nullptr) {                                                          \
+#define OPEN_OR_SKIP(var, name)                                                 \
+  std::unique_ptr<Tokenizer> var = OpenVocab(name);                             \
+  if (var == nullptr) {                                                         \
     if (VocabPath(name).empty()) GTEST_SKIP() << "no ../shared/testdata/vocab"; \
-    FAIL() << "cannot open " << name;                                            \
+    FAIL() << "cannot open " << name;                                           \
   }
 
 std::vector<int32_t> Enc(const Tokenizer& t, std::string_view s, bool bos = false,
@@ -97,8 +98,7 @@ TEST_P(VectorTest, EveryStringReproduces) {
 
 INSTANTIATE_TEST_SUITE_P(Vocabs, VectorTest,
                          ::testing::Values("ggml-vocab-llama-spm.gguf", "ggml-vocab-qwen2.gguf",
-                                           "ggml-vocab-gpt-2.gguf",
-                                           "ggml-vocab-deepseek-llm.gguf"),
+                                           "ggml-vocab-gpt-2.gguf", "ggml-vocab-deepseek-llm.gguf"),
                          [](const ::testing::TestParamInfo<std::string>& p) {
                            std::string n = p.param.substr(11, p.param.size() - 16);
                            for (char& c : n) {
@@ -129,8 +129,8 @@ const std::vector<std::string>& Samples() {
 }
 
 TEST(TokenizerTest, ByteLevelBpeRoundTrips) {
-  for (const char* name : {"ggml-vocab-qwen2.gguf", "ggml-vocab-gpt-2.gguf",
-                           "ggml-vocab-deepseek-llm.gguf"}) {
+  for (const char* name :
+       {"ggml-vocab-qwen2.gguf", "ggml-vocab-gpt-2.gguf", "ggml-vocab-deepseek-llm.gguf"}) {
     OPEN_OR_SKIP(tok, name);
     EXPECT_EQ(tok->kind(), "bpe");
     for (const std::string& s : Samples()) {
@@ -143,8 +143,8 @@ TEST(TokenizerTest, ByteLevelBpeRoundTrips) {
       const int n = 1 + static_cast<int>(rng() % 40);
       for (int k = 0; k < n; ++k) {
         static constexpr uint32_t kRanges[][2] = {
-            {0x20, 0x7E}, {0x09, 0x0D}, {0xA0, 0x24F}, {0x400, 0x4FF}, {0x4E00, 0x9FFF},
-            {0x1F300, 0x1F64F}, {0x3000, 0x303F}};
+            {0x20, 0x7E},     {0x09, 0x0D},       {0xA0, 0x24F},   {0x400, 0x4FF},
+            {0x4E00, 0x9FFF}, {0x1F300, 0x1F64F}, {0x3000, 0x303F}};
         const auto& r = kRanges[rng() % 7];
         utf8::Append(r[0] + rng() % (r[1] - r[0] + 1), &s);
       }
@@ -209,7 +209,9 @@ TEST(TokenizerTest, StreamDecoderHoldsBackSplitCharacters) {
   ASSERT_GE(f0, 0);
   ASSERT_GE(x41, 0);
   EXPECT_EQ(bad.Push(f0), "");
-  EXPECT_EQ(bad.Push(x41), "\xEF\xBF\xBD" "A");
+  EXPECT_EQ(bad.Push(x41),
+            "\xEF\xBF\xBD"
+            "A");
   EXPECT_EQ(bad.Push(f0), "");
   EXPECT_EQ(bad.Flush(), "\xEF\xBF\xBD");
 }
@@ -326,8 +328,7 @@ TEST(PreTokenizerTest, ExpressionsApplyPieceByPiece) {
   // "$" ends at the piece's end, not before a final newline, and not at the text's end.
   absl::StatusOr<PreTokenizer> p = PreTokenizer::FromRegexes({"[\r\n]", R"(\s+$)"});
   ASSERT_TRUE(p.ok());
-  EXPECT_EQ(SplitWith(*p, "a  \nb "),
-            (std::vector<std::string>{"a", "  ", "\n", "b", " "}));
+  EXPECT_EQ(SplitWith(*p, "a  \nb "), (std::vector<std::string>{"a", "  ", "\n", "b", " "}));
 }
 
 TEST(PreTokenizerTest, LongWhitespaceRunsDoNotFail) {
