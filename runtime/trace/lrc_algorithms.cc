@@ -338,18 +338,29 @@ void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, c
         stack.push_back(x);
       }
       ++stat[d];
-      // Mattson's update: x to the top; at each level down to x's old place the lower of
-      // the carried expert and the resident one moves down.
-      int carry = stack[0];
-      for (int i = 1; i <= d; ++i) {
-        if (i == d) {
-          stack[i] = carry;
-          depth[carry] = i;
-          break;
-        }
-        if (Below(pri[stack[i]], pri[carry], t)) {
-          std::swap(stack[i], carry);
+      if (policy == Policy::kLru) {
+        // LRU's stack is in recency order, so Mattson's update below always swaps: x's
+        // move to the top is a shift.
+        for (int i = d; i > 0; --i) {
+          stack[i] = stack[i - 1];
           depth[stack[i]] = i;
+        }
+      } else {
+        // Mattson's update: x to the top; at each level down to x's old place the lower of
+        // the carried expert and the resident one moves down. (A branch-free version with
+        // the carried priority in registers was slower: the branch predicts well, the
+        // selects made one long dependency chain.)
+        int carry = stack[0];
+        for (int i = 1; i <= d; ++i) {
+          if (i == d) {
+            stack[i] = carry;
+            depth[carry] = i;
+            break;
+          }
+          if (Below(pri[stack[i]], pri[carry], t)) {
+            std::swap(stack[i], carry);
+            depth[stack[i]] = i;
+          }
         }
       }
       stack[0] = x;
