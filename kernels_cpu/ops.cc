@@ -88,8 +88,23 @@ void MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, const floa
   if (act != GgmlType::kF32 && cols % GetTypeTraits(act).block_elems == 0) {
     return MatMulVecDot(GetVecDot(type), act, wb, row_bytes, rows, cols, x, n_tokens, y);
   }
-  // F32/F16/BF16 weights (and rows the integer path cannot take): dequantise each row to
-  // F32 once and reuse it for every token. Tasks of about 16 KiB of weights.
+  // F16/BF16: widen the weights in registers and dot with x directly (every batch size,
+  // so a token's outputs do not depend on its batch). No temporary row: this streams the
+  // weights once, at the bandwidth, where dequantising to a row first ran at 40-60 %.
+  if (const FloatDotFn fdot = GetFloatDot(type)) {
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, Grain(row_bytes, int64_t{32} << 10)),
+                      [&](const tbb::blocked_range<int64_t>& r) {
+                        for (int64_t n = r.begin(); n < r.end(); ++n) {
+                          const uint8_t* wr = wb + n * row_bytes;
+                          for (int64_t t = 0; t < n_tokens; ++t) {
+                            y[t * rows + n] = fdot(wr, x + t * cols, cols);
+                          }
+                        }
+                      });
+    return;
+  }
+  // F32 weights (and anything the paths above cannot take): dequantise each row to F32
+  // once and reuse it for every token. Tasks of about 16 KiB of weights.
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, Grain(row_bytes, int64_t{16} << 10)),
                     [&](const tbb::blocked_range<int64_t>& r) {
                       std::vector<float> row(cols);

@@ -56,6 +56,22 @@ VecDotFn GetVecDot(GgmlType weight) {
   return fn;
 }
 
+FloatDotFn GetFloatDot(GgmlType weight, IsaLevel level) {
+#if defined(__x86_64__)
+  if (level == IsaLevel::kAvx512) return vd::Avx512FloatDot(weight);
+  if (level == IsaLevel::kAvx2) return vd::Avx2FloatDot(weight);
+#endif
+  return nullptr;
+}
+
+FloatDotFn GetFloatDot(GgmlType weight) {
+  static const FloatDotFn f16 = GetFloatDot(GgmlType::kF16, BestIsaLevel());
+  static const FloatDotFn bf16 = GetFloatDot(GgmlType::kBF16, BestIsaLevel());
+  if (weight == GgmlType::kF16) return f16;
+  if (weight == GgmlType::kBF16) return bf16;
+  return nullptr;
+}
+
 void QuantizeActivation(GgmlType act, const float* x, void* dst, int64_t n) {
 #if defined(__x86_64__)
   static const bool avx512 = BestIsaLevel() == IsaLevel::kAvx512;

@@ -43,6 +43,18 @@ VecDotFn GetVecDot(GgmlType weight, IsaLevel level);
 // GetVecDot at BestIsaLevel(), resolved once per type.
 VecDotFn GetVecDot(GgmlType weight);
 
+// sum_i W[i] * x[i] for an F16 or BF16 weight row and F32 x (n any length): these formats
+// need no activation quantisation, only a widening of the weights in registers.
+using FloatDotFn = float (*)(const void* w, const float* x, int64_t n);
+
+// The F16/BF16 kernel of the best level that has one (AVX2 or AVX-512), resolved once;
+// nullptr for other types or on CPUs without AVX2 (callers then dequantise rows).
+FloatDotFn GetFloatDot(GgmlType weight);
+
+// The F16/BF16 kernel of exactly `level` (nullptr at kScalar or for other types).
+// REQUIRES: CpuSupports(level).
+FloatDotFn GetFloatDot(GgmlType weight, IsaLevel level);
+
 // Quantises n floats into activation blocks of `act` (kQ8_K or kQ8_0), exactly as
 // QuantizeRow does (same bytes), vectorised where the CPU allows.
 void QuantizeActivation(GgmlType act, const float* x, void* dst, int64_t n);

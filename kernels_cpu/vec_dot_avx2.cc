@@ -215,7 +215,45 @@ float DotQ6_K(const void* w, const void* x, int64_t n) {
   return Hsum(acc);
 }
 
+// F16/BF16 weights times F32 x: widen 8 weights per register (vcvtph2ps, or a 16-bit
+// shift for bfloat16, both exact) and FMA into four accumulators (FMA latency).
+template <bool kBf16>
+__m256 Widen8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (kBf16) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+template <bool kBf16>
+float DotHalfF32(const void* w, const float* x, int64_t n) {
+  const auto* h = static_cast<const uint16_t*>(w);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    for (int u = 0; u < 4; ++u) {
+      acc[u] =
+          _mm256_fmadd_ps(Widen8<kBf16>(h + i + 8 * u), _mm256_loadu_ps(x + i + 8 * u), acc[u]);
+    }
+  }
+  for (; i + 8 <= n; i += 8) {
+    acc[0] = _mm256_fmadd_ps(Widen8<kBf16>(h + i), _mm256_loadu_ps(x + i), acc[0]);
+  }
+  float s = Hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  for (; i < n; ++i) s += (kBf16 ? Bf16ToFloat(h[i]) : HalfToFloat(h[i])) * x[i];
+  return s;
+}
+
 }  // namespace
+
+FloatDotFn Avx2FloatDot(GgmlType weight) {
+  if (weight == GgmlType::kF16) return DotHalfF32<false>;
+  if (weight == GgmlType::kBF16) return DotHalfF32<true>;
+  return nullptr;
+}
 
 VecDotFn Avx2VecDot(GgmlType weight) {
   switch (weight) {

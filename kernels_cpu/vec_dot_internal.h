@@ -115,6 +115,10 @@ VecDotFn ScalarVecDot(GgmlType weight);
 VecDotFn Avx2VecDot(GgmlType weight);
 VecDotFn Avx512VecDot(GgmlType weight);
 
+// F16/BF16 x F32 dots; nullptr for other types.
+FloatDotFn Avx2FloatDot(GgmlType weight);
+FloatDotFn Avx512FloatDot(GgmlType weight);
+
 // AVX-512 activation quantisers (same bytes as QuantizeRow); false for other types.
 bool Avx512QuantizeActivation(GgmlType act, const float* x, void* dst, int64_t n);
 

@@ -188,6 +188,36 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, VecDotTest, ::testing::ValuesIn(kTypes),
                            return std::string(GetTypeTraits(i.param).name);
                          });
 
+// F16/BF16 rows times F32 x at each SIMD level against a double-precision sum of the
+// exactly widened weights; lengths that are not multiples of the vector widths.
+TEST(FloatDotTest, HalfAndBf16MatchDoubleReference) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  for (GgmlType t : {GgmlType::kF16, GgmlType::kBF16}) {
+    for (int64_t n : {1, 7, 15, 17, 63, 64, 65, 100, 1001}) {
+      const std::vector<float> wf = RandomFloats(n, 0.1f, rng);
+      const std::vector<float> x = RandomFloats(n, 1.0f, rng);
+      std::vector<uint16_t> w(n);
+      for (int64_t i = 0; i < n; ++i) {
+        w[i] = t == GgmlType::kF16 ? FloatToHalf(wf[i]) : FloatToBf16(wf[i]);
+      }
+      double ref = 0, mag = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double wi = t == GgmlType::kF16 ? HalfToFloat(w[i]) : Bf16ToFloat(w[i]);
+        ref += wi * x[i];
+        mag += std::abs(wi * x[i]);
+      }
+      for (IsaLevel level : Levels()) {
+        const FloatDotFn f = GetFloatDot(t, level);
+        if (f == nullptr) continue;  // scalar: MatMul dequantises rows instead
+        EXPECT_NEAR(f(w.data(), x.data(), n), ref, 1e-6 * mag + 1e-30)
+            << GetTypeTraits(t).name << " n=" << n << " " << IsaLevelName(level);
+      }
+    }
+  }
+}
+
 TEST(QuantizeActivationTest, SameBytesAsQuantizeRow) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE(seed);
