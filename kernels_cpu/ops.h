@@ -23,7 +23,8 @@ namespace moex::kcpu {
 // Quantised weights: x is quantised to 8-bit blocks once per token and each output is an
 // integer vec_dot (vec_dot.h), so the result carries x's 8-bit rounding (as llama.cpp's
 // CPU path does) and does not depend on the batch size (decode equals prefill).
-// F32/F16/BF16 weights: each row is read as F32 and dotted with x in float.
+// F16/BF16 weights are widened to F32 in registers (exact) and dotted with x in float;
+// F32 rows are dotted directly. All paths split rows into TBB tasks of 16-32 KiB.
 void MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, const float* x,
             int64_t n_tokens, float* y);
 
