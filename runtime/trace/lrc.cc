@@ -211,37 +211,49 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
   const bool has_p = h.has_probs && tr.probs.size() == static_cast<size_t>(tr.tokens()) * L * E;
   tbb::task_arena arena(opt.threads > 0 ? opt.threads : tbb::task_arena::automatic);
   // Sequences outside, layers inside: a sequence's routing (token-major in the trace) is
-  // transposed once into layer-major order while it is in cache, instead of every layer
+  // transposed into layer-major order while it is in cache, instead of every layer
   // striding through the whole trace (that gather was a tenth of the time on a 1M-token
-  // trace). Both loops are parallel, so one long sequence still uses every core. The
-  // counts are integer sums, so the order in which tasks add them changes nothing.
+  // trace). Both loops are parallel, so one long sequence still uses every core; a long
+  // sequence is transposed a group of layers at a time, so the copy stays within
+  // kTransposeBytes. The counts are integer sums, so the order in which tasks add them
+  // changes nothing.
+  constexpr size_t kTransposeBytes = size_t{64} << 20;
   std::vector<std::mutex> layer_mu(L);
   arena.execute([&] {
     tbb::parallel_for(int64_t{0}, S, [&](int64_t s) {
       const int64_t t0 = tr.seq_start[s], T = tr.seq_start[s + 1] - t0;
-      std::vector<uint16_t> ids(static_cast<size_t>(L) * T * k);
+      const size_t layer_bytes = static_cast<size_t>(T) * k * (2 + (has_w ? 4 : 0));
+      const int group = static_cast<int>(
+          std::clamp<size_t>(kTransposeBytes / std::max<size_t>(layer_bytes, 1), 1, L));
+      std::vector<uint16_t> ids(static_cast<size_t>(group) * T * k);
       std::vector<float> w(has_w ? ids.size() : 0);
-      for (int64_t t = 0; t < T; ++t) {
-        for (int l = 0; l < L; ++l) {
-          const size_t cell = static_cast<size_t>(t0 + t) * L + l;
-          const size_t dst = (static_cast<size_t>(l) * T + t) * k;
-          std::copy_n(&tr.experts[cell * k], k, &ids[dst]);
-          if (has_w) std::copy_n(&tr.weights[cell * k], k, &w[dst]);
+      for (int l0 = 0; l0 < L; l0 += group) {
+        const int g = std::min(group, L - l0);
+        for (int64_t t = 0; t < T; ++t) {
+          for (int l = 0; l < g; ++l) {
+            const size_t cell = static_cast<size_t>(t0 + t) * L + l0 + l;
+            const size_t dst = (static_cast<size_t>(l) * T + t) * k;
+            std::copy_n(&tr.experts[cell * k], k, &ids[dst]);
+            if (has_w) std::copy_n(&tr.weights[cell * k], k, &w[dst]);
+          }
         }
+        tbb::parallel_for(0, g, [&](int gl) {
+          const int l = l0 + gl;
+          std::vector<float> p(has_p ? static_cast<size_t>(T) * E : 0);
+          for (int64_t t = 0; has_p && t < T; ++t) {
+            std::copy_n(&tr.probs[(static_cast<size_t>(t0 + t) * L + l) * E], E, &p[t * E]);
+          }
+          std::vector<uint64_t> local(lay.size, 0);
+          const size_t off = static_cast<size_t>(gl) * T * k;
+          CountsOf(lay, &ids[off], has_w ? &w[off] : nullptr, has_p ? p.data() : nullptr, T,
+                   k, local.data());
+          if (keep_seq) {
+            std::copy(local.begin(), local.end(), &seq_counts[(s * L + l) * lay.size]);
+          }
+          std::lock_guard<std::mutex> lock(layer_mu[l]);
+          for (size_t i = 0; i < lay.size; ++i) layer_counts[l][i] += local[i];
+        });
       }
-      tbb::parallel_for(0, L, [&](int l) {
-        std::vector<float> p(has_p ? static_cast<size_t>(T) * E : 0);
-        for (int64_t t = 0; has_p && t < T; ++t) {
-          std::copy_n(&tr.probs[(static_cast<size_t>(t0 + t) * L + l) * E], E, &p[t * E]);
-        }
-        std::vector<uint64_t> local(lay.size, 0);
-        const size_t off = static_cast<size_t>(l) * T * k;
-        CountsOf(lay, &ids[off], has_w ? &w[off] : nullptr, has_p ? p.data() : nullptr, T, k,
-                 local.data());
-        if (keep_seq) std::copy(local.begin(), local.end(), &seq_counts[(s * L + l) * lay.size]);
-        std::lock_guard<std::mutex> lock(layer_mu[l]);
-        for (size_t i = 0; i < lay.size; ++i) layer_counts[l][i] += local[i];
-      });
     });
     tbb::parallel_for(0, L, [&](int l) {
       rep.layers[l].layer = l;
