@@ -22,6 +22,7 @@
 #include "moex/tokenizer.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/trace_record.h"
 
 namespace moex::cli {
 namespace {
@@ -37,6 +38,8 @@ constexpr char kHelp[] =
     "  -t N                 threads (default: physical cores)\n"
     "  --temp X --top-k N --top-p X --min-p X --repeat-penalty X --repeat-last-n N --seed N\n"
     "  --kv-policy SPEC --kv-type T   KV-cache compression (see moex ppl --help)\n"
+    "  --trace OUT          record the routing as a trace file, one sequence per turn (the\n"
+    "                       turn's new prompt tokens and its answer; for moex lrc)\n"
     "In the chat: /help /reset /stats /save FILE /exit; Ctrl-C stops the current answer,\n"
     "Ctrl-D (end of input) quits. Without a terminal, each input line is one message.\n";
 
@@ -195,7 +198,7 @@ int CmdChat(int argc, char** argv) {
   std::string err;
   if (!a.Parse(argc, argv,
                WithSampling({"model", "system", "chat-template", "n-predict", "ctx-size",
-                             "threads"}),
+                             "threads", "trace"}),
                {"help", "no-think"}, &err)) {
     return Usage("chat", err);
   }
@@ -239,6 +242,14 @@ int CmdChat(int argc, char** argv) {
                static_cast<long long>(info.n_expert), static_cast<long long>(info.n_expert_used),
                std::string(tmpl->name()).c_str(), static_cast<long long>((*session)->context()));
 
+  std::unique_ptr<RoutingRecorder> trace;
+  if (a.Has("trace")) {
+    absl::StatusOr<std::unique_ptr<RoutingRecorder>> r =
+        RoutingRecorder::Start(a.Str("trace"), **model, session->get());
+    if (!r.ok()) return Fail("chat", std::string(r.status().message()));
+    trace = std::move(*r);
+  }
+  int turns = 0;
   Chat chat(model->get(), std::move(*session), std::move(*tmpl), topts, gen, piece(tok->bos()));
   chat.SetSystem(a.Str("system"));
   struct sigaction sa = {};
@@ -274,12 +285,21 @@ int CmdChat(int argc, char** argv) {
       std::fflush(stdout);
       continue;
     }
+    if (trace) trace->Begin(absl::StrCat("turn ", turns++));
     absl::Status st = chat.Answer(line);
+    if (trace) {  // a failed turn keeps what it evaluated (every layer of those tokens)
+      absl::Status ts = trace->End();
+      if (st.ok()) st = ts;
+    }
     if (!st.ok()) {
       std::fprintf(stderr, "moex chat: %s\n", std::string(st.message()).c_str());
       continue;
     }
     std::fprintf(stderr, "%s\n", chat.StatsLine().c_str());
+  }
+  if (trace) {
+    absl::Status st = trace->Close();
+    if (!st.ok()) return Fail("chat", std::string(st.message()));
   }
   return 0;
 }

@@ -9,6 +9,7 @@
 #include "moex/moex.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/trace_record.h"
 
 namespace moex::cli {
 namespace {
@@ -27,7 +28,9 @@ constexpr char kRunHelp[] =
     "  --ignore-eos     keep going past the end-of-sequence token\n"
     "  --kv-policy SPEC KV compression: full | streaming|h2o|snapkv[:budget=N|F,...]\n"
     "  --kv-type T      KV rows: f32 f16 bf16 q8 q4                 (default f32)\n"
-    "  --json           one JSON object on stdout: tokens, text, prefill_tps, decode_tps, ...\n";
+    "  --json           one JSON object on stdout: tokens, text, prefill_tps, decode_tps, ...\n"
+    "  --trace OUT      record the routing of the prompt and the answer as a trace file\n"
+    "                   (one sequence; for moex lrc)\n";
 
 constexpr char kLogitsHelp[] =
     "usage: moex logits -m MODEL --tokens 1,2,3 --out FILE [-t N]\n"
@@ -104,7 +107,8 @@ int CmdRun(int argc, char** argv) {
   Args a;
   std::string err;
   if (!a.Parse(argc, argv,
-               WithSampling({"model", "tokens", "prompt", "n-predict", "threads", "ctx-size"}),
+               WithSampling(
+                   {"model", "tokens", "prompt", "n-predict", "threads", "ctx-size", "trace"}),
                {"help", "json", "ignore-eos"}, &err)) {
     return Usage("run", err);
   }
@@ -147,6 +151,14 @@ int CmdRun(int argc, char** argv) {
   }
   absl::StatusOr<std::unique_ptr<Session>> session = model->NewSession(so);
   if (!session.ok()) return Fail("run", std::string(session.status().message()));
+  std::unique_ptr<RoutingRecorder> trace;
+  if (a.Has("trace")) {
+    absl::StatusOr<std::unique_ptr<RoutingRecorder>> r =
+        RoutingRecorder::Start(a.Str("trace"), *model, session->get());
+    if (!r.ok()) return Fail("run", std::string(r.status().message()));
+    trace = std::move(*r);
+    trace->Begin("run");
+  }
 
   const bool json = a.Has("json");
   const Model& m = *model;
@@ -167,6 +179,10 @@ int CmdRun(int argc, char** argv) {
         return true;
       });
   if (!out.ok()) return Fail("run", std::string(out.status().message()));
+  if (trace) {
+    absl::Status ts = trace->Close();
+    if (!ts.ok()) return Fail("run", std::string(ts.message()));
+  }
   if (!json && stream) std::fputs(stream->Flush().c_str(), stdout);
   const Stats& st = (*session)->stats();
   if (json) {

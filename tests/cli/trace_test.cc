@@ -139,6 +139,69 @@ TEST(TraceCliTest, SyntheticModelEndToEnd) {
   EXPECT_NE(out.find("SRP"), std::string::npos);
 }
 
+// `moex run --trace` and `moex chat --trace` record the routing while generating: one
+// sequence per run or chat turn, every evaluated token with every layer.
+TEST(TraceCliTest, RunAndChatRecordRouting) {
+  const std::string dir = testing::MakeTempDir();
+  const std::string model = Q(dir + "/m.gguf");
+  std::string out;
+  ASSERT_EQ(RunCommand(Moex() +
+                           " gen --arch qwen3moe --type f32 --hidden 64 --layers 2 --heads 2"
+                           " --kv-heads 1 --experts 8 --top-k 2 --ffn 32 --vocab-size 600 "
+                           "--quiet -o " + model + " 2>&1",
+                       &out),
+            0)
+      << out;
+  const std::string run = "run -m " + model + " --tokens 1,2,3,4,5 --temp 0 --ignore-eos ";
+  ASSERT_EQ(MoexRun(run + "-n 6 --trace " + Q(dir + "/r6.trace"), &out), 0) << out;
+  ASSERT_EQ(MoexRun(run + "-n 1 --trace " + Q(dir + "/r1.trace"), &out), 0) << out;
+  HandTrace r6, r1;
+  ASSERT_TRUE(ReadHand(dir + "/r6.trace", &r6));
+  ASSERT_TRUE(ReadHand(dir + "/r1.trace", &r1));
+  EXPECT_EQ(r6.E, 8u);
+  EXPECT_EQ(r6.k, 2u);
+  EXPECT_EQ(r6.L, 2u);
+  ASSERT_EQ(r6.seqs.size(), 1u);
+  ASSERT_EQ(r1.seqs.size(), 1u);
+  // The prompt, then every generated token but the last (sampled, never evaluated).
+  EXPECT_EQ(r6.seqs[0].size(), 5u + 6 - 1);
+  EXPECT_EQ(r1.seqs[0].size(), 5u);
+  for (size_t t = 0; t < r6.seqs[0].size(); ++t) {
+    for (int l = 0; l < 2; ++l) EXPECT_EQ(r6.seqs[0][t][l].size(), 2u) << t << " " << l;
+  }
+  // The prompt is one prefill in both runs: the same experts.
+  for (int t = 0; t < 5; ++t) EXPECT_EQ(r6.seqs[0][t], r1.seqs[0][t]) << "token " << t;
+  ASSERT_EQ(MoexRun("lrc " + Q(dir + "/r6.trace") + " --m 4 --json", &out), 0);
+  EXPECT_NE(out.find("\"tokens\":10"), std::string::npos) << out;
+
+  // Two chat turns: two sequences; the second holds only what the turn evaluated (its new
+  // prompt tokens and its answer), not the cached first turn again.
+  std::ofstream(dir + "/in.txt") << "hello there\nand again\n";
+  std::string err;
+  ASSERT_EQ(RunCommand("{ " + Moex() + " chat -m " + model + " -n 6 --temp 0 --trace " +
+                           Q(dir + "/c.trace") + " < " + Q(dir + "/in.txt") +
+                           " 2>&1 >/dev/null; }",
+                       &err),
+            0)
+      << err;
+  HandTrace c;
+  ASSERT_TRUE(ReadHand(dir + "/c.trace", &c)) << err;
+  ASSERT_EQ(c.seqs.size(), 2u) << err;
+  // "[prefill P tokens (R reused) ...": a turn records its P prompt tokens and at most
+  // n - 1 = 5 answer tokens.
+  std::vector<int> prefill;
+  for (size_t at = err.find("[prefill "); at != std::string::npos;
+       at = err.find("[prefill ", at + 1)) {
+    prefill.push_back(std::stoi(err.substr(at + 9)));
+  }
+  ASSERT_EQ(prefill.size(), 2u) << err;
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_GE(c.seqs[i].size(), static_cast<size_t>(prefill[i])) << err;
+    EXPECT_LE(c.seqs[i].size(), static_cast<size_t>(prefill[i] + 5)) << err;
+  }
+  ASSERT_EQ(MoexRun("lrc " + Q(dir + "/c.trace") + " --m 4", &out), 0);
+}
+
 TEST(TraceCliTest, BadInputIsOneLineWithTheLine) {
   const std::string dir = testing::MakeTempDir();
   std::ofstream(dir + "/bad.csv") << "seq,token,layer,experts\na,0,0,1;2\na,1,0,1\n";
