@@ -11,7 +11,7 @@ struct AttentionShape {
   int64_t n_head = 0;
   int64_t n_head_kv = 0;  // divides n_head; query head h reads kv head h / (n_head / n_head_kv)
   int64_t head_dim = 0;
-  float scale = 1.0f;     // usually 1 / sqrt(head_dim)
+  float scale = 1.0f;  // usually 1 / sqrt(head_dim)
 };
 
 // For each of n_tokens queries q[t] (n_head * head_dim values, row stride

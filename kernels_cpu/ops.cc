@@ -130,8 +130,8 @@ void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * (w ? w[i] : 1.0f);
 }
 
-void Rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos,
-          float freq_base, bool neox) {
+void Rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base,
+          bool neox) {
   // theta_i = pos * base^(-2i/n_rot), as in RoFormer (Su et al. 2021) and llama.cpp.
   const int64_t half = n_rot / 2;
   for (int64_t i = 0; i < half; ++i) {

@@ -39,8 +39,8 @@ void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);
 
 // Rotates the first n_rot dims of each of n_heads heads (head_dim apart) by position
 // `pos`. neox=false pairs (2i, 2i+1) (llama); neox=true pairs (i, i + n_rot/2).
-void Rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos,
-          float freq_base, bool neox);
+void Rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base,
+          bool neox);
 
 // In-place softmax over n values (max-subtracted).
 void Softmax(float* x, int64_t n);

@@ -20,64 +20,13 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels_cpu/blocks.h"
 #include "kernels_cpu/quant.h"
 
 namespace moex::kcpu {
 namespace {
 
-constexpr int kQK = 32;
-constexpr int kQKK = 256;
-
-struct BlockQ4_0 {
-  uint16_t d;
-  uint8_t qs[kQK / 2];
-};
-struct BlockQ4_1 {
-  uint16_t d, m;
-  uint8_t qs[kQK / 2];
-};
-struct BlockQ5_0 {
-  uint16_t d;
-  uint8_t qh[4];
-  uint8_t qs[kQK / 2];
-};
-struct BlockQ5_1 {
-  uint16_t d, m;
-  uint8_t qh[4];
-  uint8_t qs[kQK / 2];
-};
-struct BlockQ8_0 {
-  uint16_t d;
-  int8_t qs[kQK];
-};
-struct BlockQ4_K {
-  uint16_t d, dmin;
-  uint8_t scales[12];
-  uint8_t qs[kQKK / 2];
-};
-struct BlockQ5_K {
-  uint16_t d, dmin;
-  uint8_t scales[12];
-  uint8_t qh[kQKK / 8];
-  uint8_t qs[kQKK / 2];
-};
-struct BlockQ6_K {
-  uint8_t ql[kQKK / 2];
-  uint8_t qh[kQKK / 4];
-  int8_t scales[kQKK / 16];
-  uint16_t d;
-};
-struct BlockQ8_K {
-  float d;
-  int8_t qs[kQKK];
-  int16_t bsums[kQKK / 16];
-};
-
-static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20);
-static_assert(sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24);
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_K) == 144);
-static_assert(sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210);
-static_assert(sizeof(BlockQ8_K) == 292);
+using namespace blocks;  // NOLINT: the block layouts, kernels_cpu/blocks.h
 
 template <typename Block>
 void StoreBlock(const Block& b, uint8_t* dst, int64_t i) {

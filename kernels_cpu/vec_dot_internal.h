@@ -1,6 +1,5 @@
-// Shared by the vec_dot level files only: block structs (the layouts of quant.cc, repeated
-// here so the SIMD files need nothing else), the k-quant scale unpacking, and the
-// per-level tables that vec_dot.cc dispatches over.
+// Shared by the vec_dot level files only: the k-quant scale unpacking and the per-level
+// tables that vec_dot.cc dispatches over (block layouts: kernels_cpu/blocks.h).
 //
 // Blocks are read through these structs directly from the row (no memcpy): every member
 // is a byte array or a 2/4-byte scalar read with memcpy-equivalent unaligned loads in the
@@ -11,76 +10,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels_cpu/blocks.h"
 #include "kernels_cpu/quant.h"
 #include "kernels_cpu/vec_dot.h"
 
 namespace moex::kcpu::vd {
 
-constexpr int kQK = 32;
-constexpr int kQKK = 256;
-
-struct BlockQ4_0 {
-  uint16_t d;
-  uint8_t qs[kQK / 2];
-};
-struct BlockQ4_1 {
-  uint16_t d, m;
-  uint8_t qs[kQK / 2];
-};
-struct BlockQ5_0 {
-  uint16_t d;
-  uint8_t qh[4];
-  uint8_t qs[kQK / 2];
-};
-struct BlockQ5_1 {
-  uint16_t d, m;
-  uint8_t qh[4];
-  uint8_t qs[kQK / 2];
-};
-struct BlockQ8_0 {
-  uint16_t d;
-  int8_t qs[kQK];
-};
-struct BlockQ2_K {
-  uint8_t scales[kQKK / 16];
-  uint8_t qs[kQKK / 4];
-  uint16_t d, dmin;
-};
-struct BlockQ3_K {
-  uint8_t hmask[kQKK / 8];
-  uint8_t qs[kQKK / 4];
-  uint8_t scales[12];
-  uint16_t d;
-};
-struct BlockQ4_K {
-  uint16_t d, dmin;
-  uint8_t scales[12];
-  uint8_t qs[kQKK / 2];
-};
-struct BlockQ5_K {
-  uint16_t d, dmin;
-  uint8_t scales[12];
-  uint8_t qh[kQKK / 8];
-  uint8_t qs[kQKK / 2];
-};
-struct BlockQ6_K {
-  uint8_t ql[kQKK / 2];
-  uint8_t qh[kQKK / 4];
-  int8_t scales[kQKK / 16];
-  uint16_t d;
-};
-struct BlockQ8_K {
-  float d;
-  int8_t qs[kQKK];
-  int16_t bsums[kQKK / 16];
-};
-
-static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20);
-static_assert(sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24);
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ2_K) == 84);
-static_assert(sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144);
-static_assert(sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210);
-static_assert(sizeof(BlockQ8_K) == 292);
+using namespace blocks;  // NOLINT: the block layouts, kernels_cpu/blocks.h
 
 // Helpers in an unnamed namespace: each level file compiles its own copy with its own
 // flags. Shared inline functions would be merged by the linker, and the AVX-512 copy
