@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -21,8 +22,8 @@ namespace moex::cli {
 
 class RoutingRecorder {
  public:
-  // Creates `path` and observes `session`'s routing (the session must outlive the
-  // recorder, or Close must come first). Errors: not a mixture-of-experts model, or the
+  // Creates `path` and observes `session`'s routing until Close (call it while the
+  // session still exists: it removes the callback). Errors: not a mixture-of-experts model, or the
   // file cannot be created.
   static absl::StatusOr<std::unique_ptr<RoutingRecorder>> Start(const std::string& path,
                                                                 const Model& model,
