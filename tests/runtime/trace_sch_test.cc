@@ -1,18 +1,22 @@
 // SCH (AddSchRanks) on random traces: against a second, independent coding of the paper's
 // lazy priority stack, and against the properties every SCH curve must have.
 //
-// Why not a brute-force cache: the paper's stack (ljcleo/moe-lrc, calc_fsf) is re-sorted
-// lazily, one tail per run per access, so it is neither the ideal cache that knows the next m
-// tokens nor any demand cache with a fixed eviction rule; there is no simpler definition
-// whose hit rates it equals (a full re-sort at every token gives other numbers). What pins
-// it down is the reference test (trace_reference_test.cc: numbers computed with the
-// paper's code). Here, a second implementation of the same update rules with another data
-// structure (arrays in list order, ranks by position, run heads as a bitset, instead of
-// linked lists and a walk) must agree exactly on every rank histogram: a slip in either
-// coding of the rules (a wrong neighbour, a head flag left behind, an off-by-one in the
-// bidirectional search) shows up as a difference. This array coding was written as a
-// candidate speed-up; it is not faster (the fix-up's data-dependent branches dominate
-// either way), so it lives here as the oracle.
+// Why not a brute-force cache: the paper's stack (ljcleo/moe-lrc, calc_fsf) is re-sorted lazily,
+// one tail per run per access, so it is neither the ideal cache that knows the next m tokens nor
+// any demand cache with a fixed eviction rule; there is no simpler definition whose hit rates it
+// equals. Not even a bracket holds: ALGORITHMS.md §4 says its numbers lie between a demand cache
+// with that eviction rule and a full re-sort at every token, but on 3,000 small random traces with
+// sticky routing (E 3-14, k 1-3, m 1-12) the lazy stack's hits fell outside [demand cache, full
+// re-sort] at 14 % of the (trace, C) points, and were above the full re-sort at 9 % (demand cache:
+// evict the resident, other than this token's experts, with the fewest uses in tokens t..t+m-1,
+// then the least recent; first accesses hit while a slot is free). So there is no brute force to
+// compare with. What pins it down is the reference test (trace_reference_test.cc: numbers computed
+// with the paper's code). Here, a second implementation of the same update rules with another data
+// structure (arrays in list order, ranks by position, run heads as a bitset, instead of linked
+// lists and a walk) must agree exactly on every rank histogram: a slip in either coding of the
+// rules (a wrong neighbour, a head flag left behind, an off-by-one in the bidirectional search)
+// shows up as a difference. This array coding was written as a candidate speed-up; it is not faster
+// (the fix-up's data-dependent branches dominate either way), so it lives here as the oracle.
 #include <algorithm>
 #include <bit>
 #include <cstdint>
