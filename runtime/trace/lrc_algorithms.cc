@@ -306,8 +306,86 @@ bool Below(const Priority& a, const Priority& b, int64_t token) {
 
 }  // namespace
 
+namespace {
+
+// LFU and Belady, whose priorities are integers (a use count; minus the next use's
+// index): the priority (current token first, then the value, then the stamp) packs into
+// one uint64 kept in stack order, so Mattson's level is one integer compare and two
+// selects. Branch-free pays here (unlike with the three-field comparator): the carried key
+// is a register, the chain a compare and a cmov. Needs T * k < 2^31 (31 bits each for the
+// value and the stamp, one for "current").
+bool PackedDepths(Policy policy, const uint16_t* ids, int64_t T, int k, int E, uint64_t* stat) {
+  const int64_t n = T * k;
+  if (n >= (int64_t{1} << 31)) return false;
+  constexpr uint64_t kCurrent = uint64_t{1} << 63;
+  constexpr int kValueShift = 31;
+  std::vector<int64_t> next_use;
+  if (policy == Policy::kBelady) {
+    next_use.assign(n, n);
+    std::vector<int64_t> seen(E, n);
+    for (int64_t i = n - 1; i >= 0; --i) {
+      next_use[i] = seen[ids[i]];
+      seen[ids[i]] = i;
+    }
+  }
+  std::vector<uint64_t> uses(E, 0);
+  std::vector<int> stack, depth(E, -1);
+  std::vector<uint64_t> key;  // key of stack[i]
+  stack.reserve(E);
+  key.reserve(E);
+  uint64_t stamp = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (t > 0) {  // the previous token's experts are no longer current
+      for (int j = 0; j < k; ++j) key[depth[ids[(t - 1) * k + j]]] &= ~kCurrent;
+    }
+    for (int j = 0; j < k; ++j) {
+      const int x = ids[t * k + j];
+      int d = depth[x];
+      if (d < 0) {  // first access: a cache with a free slot holds it
+        d = stack.size();
+        stack.push_back(x);
+        key.push_back(0);
+      }
+      ++stat[d];
+      if (d > 0) {
+        uint64_t ck = key[0];
+        int cid = stack[0];
+        for (int i = 1; i < d; ++i) {
+          const uint64_t ki = key[i];
+          const int id = stack[i];
+          const bool below = ki < ck;
+          const uint64_t up = below ? ck : ki;
+          const int up_id = below ? cid : id;
+          ck = below ? ki : ck;
+          cid = below ? id : cid;
+          key[i] = up;
+          stack[i] = up_id;
+          depth[up_id] = i;
+        }
+        key[d] = ck;
+        stack[d] = cid;
+        depth[cid] = d;
+      }
+      // Value as a non-negative integer increasing with the priority.
+      const uint64_t value = policy == Policy::kLfu
+                                 ? ++uses[x]
+                                 : static_cast<uint64_t>(n - next_use[t * k + j]);
+      stack[0] = x;
+      depth[x] = 0;
+      key[0] = kCurrent | value << kValueShift | ++stamp;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, const float* probs,
                      int64_t T, int k, int E, uint64_t* stat) {
+  if ((policy == Policy::kLfu || policy == Policy::kBelady) &&
+      PackedDepths(policy, ids, T, k, E, stat)) {
+    return;
+  }
   std::vector<Priority> pri(E);
   std::vector<int> stack;
   std::vector<int> depth(E, -1);
