@@ -41,9 +41,24 @@ int64_t Grain(int64_t row_bytes, int64_t bytes) {
 void MatMulVecDot(VecDotFn dot, GgmlType act, const uint8_t* wb, int64_t row_bytes, int64_t rows,
                   int64_t cols, const float* x, int64_t n_tokens, float* y) {
   const int64_t x_bytes = RowBytes(GetTypeTraits(act), cols);
-  // Per-thread buffer, grown once: no allocation per token.
-  thread_local std::vector<uint8_t> xq;
+  // A per-thread buffer, grown once (no allocation per token) -- unless this thread is
+  // already inside a MatMul whose workers read that buffer: a thread waiting in a
+  // parallel_for may run other work of the arena (another session's delegated
+  // evaluation), which calls MatMul again on the same thread. That nested call takes a
+  // buffer of its own. (Found by TSan: docs/ROBUSTNESS.md.)
+  thread_local std::vector<uint8_t> tls_xq;
+  thread_local bool tls_busy = false;
+  std::vector<uint8_t> own;
+  const bool use_tls = !tls_busy;
+  std::vector<uint8_t>& xq = use_tls ? tls_xq : own;
   if (xq.size() < static_cast<size_t>(n_tokens * x_bytes)) xq.resize(n_tokens * x_bytes);
+  struct Release {
+    bool active;
+    ~Release() {
+      if (active) tls_busy = false;
+    }
+  } release{use_tls};
+  if (use_tls) tls_busy = true;
   for (int64_t t = 0; t < n_tokens; ++t) {
     QuantizeActivation(act, x + t * cols, xq.data() + t * x_bytes, cols);
   }
