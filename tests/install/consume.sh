@@ -9,8 +9,15 @@ trap 'rm -rf "$prefix"' EXIT
 cmake --install "$build" --prefix "$prefix" >/dev/null
 test -f "$prefix/include/moex/moex.h"
 ls "$prefix"/lib*/libmoex.so* >/dev/null
+# A sanitizer build installs an instrumented libmoex.so, which loads only into programs
+# linked with the same sanitizer runtime (ASan must come first in the library list).
+san=$(sed -n 's/^MOEX_SANITIZE:STRING=//p' "$build/CMakeCache.txt")
+san_flags=()
+if [[ -n "$san" ]]; then
+  san_flags=(-DCMAKE_CXX_FLAGS="-fsanitize=$san" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=$san")
+fi
 cmake -S "$src/examples" -B "$prefix/build-ex" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_EXPORT_COMPILE_COMMANDS=ON >/dev/null
+  -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_EXPORT_COMPILE_COMMANDS=ON "${san_flags[@]}" >/dev/null
 # The examples must see the installed headers, never the source tree's.
 if grep -q -- "-I$src/include" "$prefix/build-ex/compile_commands.json"; then
   echo "examples compiled against the source tree's headers" >&2
