@@ -132,6 +132,12 @@ absl::Status TraceWriter::Add(int64_t token, int32_t layer, const int32_t* exper
       return absl::InvalidArgumentError(
           absl::StrCat("trace: expert id ", experts[j], " outside 0..", h.num_experts - 1));
     }
+    for (int i = 0; i < j; ++i) {
+      if (experts[i] == experts[j]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("trace: expert id ", experts[j], " twice in one token's top-k"));
+      }
+    }
     w.experts[cell * h.top_k + j] = experts[j];
     if (h.has_weights) w.weights[cell * h.top_k + j] = weights ? weights[j] : 0.0f;
   }
@@ -295,10 +301,12 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path, const ReadTraceOptions&
     const size_t pos0 = c.pos();
     const size_t old = t.experts.size();
     t.experts.resize(old + ids);
-    if (id_bytes == 1) {
+    // A sequence of zero tokens has no body: nothing to copy (and memcpy of a null
+    // pointer is undefined even for zero bytes; found by fuzz_trace).
+    if (ids > 0 && id_bytes == 1) {
       const uint8_t* p = reinterpret_cast<const uint8_t*>(c.Take(ids));
       std::copy(p, p + ids, t.experts.begin() + old);
-    } else {
+    } else if (ids > 0) {
       std::memcpy(t.experts.data() + old, c.Take(ids * 2), ids * 2);
     }
     for (uint64_t i = old; i < old + ids; ++i) {
@@ -306,13 +314,23 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path, const ReadTraceOptions&
         return absl::DataLossError(absl::StrCat(path, ": ", seq, ": expert id ", t.experts[i],
                                                 " >= ", h.num_experts, " near byte ", pos0));
       }
+      // A token's top-k are distinct experts; the analysis counts on it (a repeated id
+      // overflowed SRP's per-count histogram; found by fuzz_trace).
+      const uint64_t first_of_token = old + (i - old) / h.top_k * h.top_k;
+      for (uint64_t j = first_of_token; j < i; ++j) {
+        if (t.experts[j] == t.experts[i]) {
+          return absl::DataLossError(absl::StrCat(path, ": ", seq, ": expert id ", t.experts[i],
+                                                  " twice in one token's top-",
+                                                  h.top_k, " near byte ", pos0));
+        }
+      }
     }
-    if (h.has_weights) {
+    if (h.has_weights && ids > 0) {
       const size_t w0 = t.weights.size();
       t.weights.resize(w0 + ids);
       std::memcpy(t.weights.data() + w0, c.Take(ids * 4), ids * 4);
     }
-    if (h.has_probs) {
+    if (h.has_probs && probs > 0) {
       const char* p = c.Take(probs * 4);
       if (options.load_probs) {
         const size_t p0 = t.probs.size();
