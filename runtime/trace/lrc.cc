@@ -222,6 +222,7 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
   arena.execute([&] {
     tbb::parallel_for(int64_t{0}, S, [&](int64_t s) {
       const int64_t t0 = tr.seq_start[s], T = tr.seq_start[s + 1] - t0;
+      if (T == 0) return;  // an empty sequence counts nothing (found by fuzz_trace)
       const size_t layer_bytes = static_cast<size_t>(T) * k * (2 + (has_w ? 4 : 0));
       const int group = static_cast<int>(
           std::clamp<size_t>(kTransposeBytes / std::max<size_t>(layer_bytes, 1), 1, L));

@@ -405,6 +405,22 @@ absl::StatusOr<Trace> Assemble(RowSet& rs, int32_t num_experts, int64_t* dropped
     return absl::InvalidArgumentError(
         absl::StrCat(rs.path, ": top-", rs.k, " of ", t.header.num_experts, " experts"));
   }
+  // Every (token, layer) needs a row, so a token index at or past its sequence's row
+  // count, or a layer index past the rows of the whole file, means rows are missing; say
+  // so before sizing the grid by those indices (a 283-byte file with token_idx 578398826
+  // asked for gigabytes; found by fuzz_trace).
+  std::vector<int64_t> seq_rows(rs.seq_names.size(), 0);
+  for (const Row& r : rs.rows) ++seq_rows[r.seq];
+  for (const Row& r : rs.rows) {
+    if (r.token >= seq_rows[r.seq]) {
+      return rs.Bad(r.line, absl::StrCat("token ", r.token, ", but its sequence has only ",
+                                         seq_rows[r.seq], " rows: tokens are missing"));
+    }
+    if (static_cast<size_t>(r.layer) >= rs.rows.size()) {
+      return rs.Bad(r.line, absl::StrCat("layer ", r.layer, ", but the file has only ",
+                                         rs.rows.size(), " rows: layers are missing"));
+    }
+  }
   // Row index per (token, layer) of each sequence; -1 = missing.
   std::vector<std::vector<int64_t>> grid(rs.seq_names.size());
   for (size_t i = 0; i < rs.rows.size(); ++i) {

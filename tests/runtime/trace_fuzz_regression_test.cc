@@ -80,5 +80,18 @@ TEST(TraceFuzzRegressionTest, EmptySequenceReadsAndAnalyses) {
   EXPECT_TRUE(r.ok()) << r.status();
 }
 
+TEST(TraceFuzzRegressionTest, HugeTokenIndexIsAnErrorNotAHugeAllocation) {
+  const std::string path = testing::MakeTempDir() + "/t.csv";
+  std::ofstream(path) << "token,layer,experts\n0,0,1;2\n578398826,0,2;3\n";
+  auto t = ImportCsv(path, 0);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find(":3: token 578398826"), std::string::npos) << t.status();
+  EXPECT_NE(t.status().message().find("missing"), std::string::npos) << t.status();
+  std::ofstream(path, std::ios::trunc) << "token,layer,experts\n0,0,1;2\n0,900000000,2;3\n";
+  auto l = ImportCsv(path, 0);
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find(":3:"), std::string::npos) << l.status();  // names the line
+}
+
 }  // namespace
 }  // namespace moex
