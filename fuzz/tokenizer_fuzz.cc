@@ -66,8 +66,8 @@ void SetVocab(moex::GgufWriter* w, const char* model, const std::vector<std::str
   for (size_t i = 0; i < pieces.size(); ++i) {
     toks.push_back(GgufValue::String(pieces[i]));
     // SentencePiece merges by score: longer pieces score higher, so they win.
-    scores.push_back(GgufValue::Float(GgufType::kFloat32, static_cast<double>(pieces[i].size()) -
-                                                              static_cast<double>(i) * 1e-4));
+    scores.push_back(GgufValue::Float(
+        GgufType::kFloat32, static_cast<double>(pieces[i].size()) - static_cast<double>(i) * 1e-4));
     typ.push_back(GgufValue::Int(GgufType::kInt32, types[i]));
   }
   w->SetString("tokenizer.ggml.model", model);
@@ -91,8 +91,8 @@ std::unique_ptr<Tokenizer> SyntheticSpm() {
     p.push_back(std::string(1, static_cast<char>(c)));
     t.push_back(1);
   }
-  for (const char* s : {"\xE2\x96\x81", "\xE2\x96\x81t", "\xE2\x96\x81th", "\xE2\x96\x81the",
-                        "he", "in", "\xE2\x96\x81\xE2\x96\x81", "\xC3\xA9", "\xE2\x82\xAC"}) {
+  for (const char* s : {"\xE2\x96\x81", "\xE2\x96\x81t", "\xE2\x96\x81th", "\xE2\x96\x81the", "he",
+                        "in", "\xE2\x96\x81\xE2\x96\x81", "\xC3\xA9", "\xE2\x82\xAC"}) {
     p.push_back(s);
     t.push_back(1);
   }
@@ -220,7 +220,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // Round trip: byte-level BPE keeps every well-formed UTF-8 text exactly.
   if (tok.kind() == "bpe" && !o.parse_special && moex::utf8::IsValid(text)) {
-    if (plain != text) Die("bpe round trip differs: '" + plain + "' vs '" + std::string(text) + "'");
+    if (plain != text)
+      Die("bpe round trip differs: '" + plain + "' vs '" + std::string(text) + "'");
     if (streamed != text) Die("bpe stream decode differs: '" + streamed + "'");
   }
   return 0;

@@ -66,10 +66,14 @@ struct Turn {
 
 class Chat {
  public:
-  Chat(Model* model, std::unique_ptr<Session> session, ChatTemplate tmpl,
-       ChatTemplateOptions topts, GenerateOptions gen, std::string bos_text)
-      : model_(model), session_(std::move(session)), tmpl_(std::move(tmpl)),
-        topts_(std::move(topts)), gen_(gen), bos_text_(std::move(bos_text)) {}
+  Chat(Model* model, std::unique_ptr<Session> session, ChatTemplate tmpl, ChatTemplateOptions topts,
+       GenerateOptions gen, std::string bos_text)
+      : model_(model),
+        session_(std::move(session)),
+        tmpl_(std::move(tmpl)),
+        topts_(std::move(topts)),
+        gen_(gen),
+        bos_text_(std::move(bos_text)) {}
 
   void SetSystem(const std::string& system) {
     if (!system.empty()) messages_.push_back({"system", system});
@@ -111,8 +115,8 @@ class Chat {
     if (room < 1) {
       messages_.pop_back();
       return absl::OutOfRangeError(absl::StrCat(
-          "the conversation (", ids->size(), " tokens) fills the context of ",
-          session_->context(), " tokens: /reset to start over, or restart with a larger -c"));
+          "the conversation (", ids->size(), " tokens) fills the context of ", session_->context(),
+          " tokens: /reset to start over, or restart with a larger -c"));
     }
     session_->TruncateTo(static_cast<int64_t>(common));
     GenerateOptions g = gen_;
@@ -120,8 +124,8 @@ class Chat {
     auto stream = model_->tokenizer()->NewStreamDecoder();
     std::string answer;
     g_interrupted.store(false);
-    absl::StatusOr<std::vector<int32_t>> out = session_->Generate(
-        std::span<const int32_t>(*ids).subspan(common), g, [&](int32_t tok) {
+    absl::StatusOr<std::vector<int32_t>> out =
+        session_->Generate(std::span<const int32_t>(*ids).subspan(common), g, [&](int32_t tok) {
           if (model_->tokenizer()->IsEog(tok)) return false;
           const std::string piece = stream.Push(tok);
           answer += piece;
@@ -146,7 +150,8 @@ class Chat {
     last_.prefilled = static_cast<int64_t>(ids->size() - common);
     last_.reused = static_cast<int64_t>(common);
     last_.stats = session_->stats();
-    const bool capped = static_cast<int64_t>(out->size()) >= g.max_tokens && g.max_tokens < gen_.max_tokens;
+    const bool capped =
+        static_cast<int64_t>(out->size()) >= g.max_tokens && g.max_tokens < gen_.max_tokens;
     if (capped) std::fprintf(stderr, "[the context is full: /reset to go on]\n");
     return absl::OkStatus();
   }
@@ -197,8 +202,8 @@ int CmdChat(int argc, char** argv) {
   Args a;
   std::string err;
   if (!a.Parse(argc, argv,
-               WithSampling({"model", "system", "chat-template", "n-predict", "ctx-size",
-                             "threads", "trace"}),
+               WithSampling({"model", "system", "chat-template", "n-predict", "ctx-size", "threads",
+                             "trace"}),
                {"help", "no-think"}, &err)) {
     return Usage("chat", err);
   }
@@ -227,8 +232,8 @@ int CmdChat(int argc, char** argv) {
   topts.enable_thinking = !a.Has("no-think");
   topts.override_name = a.Str("chat-template");
   auto piece = [tok](int32_t id) { return id >= 0 ? std::string(tok->Piece(id)) : ""; };
-  absl::StatusOr<ChatTemplate> tmpl = ChatTemplate::Resolve(
-      (*model)->info().chat_template, topts, piece(tok->bos()), piece(tok->eos()));
+  absl::StatusOr<ChatTemplate> tmpl = ChatTemplate::Resolve((*model)->info().chat_template, topts,
+                                                            piece(tok->bos()), piece(tok->eos()));
   if (!tmpl.ok()) return Usage("chat", std::string(tmpl.status().message()));
   if (!tmpl->warning().empty()) {
     std::fprintf(stderr, "moex chat: warning: %s\n", std::string(tmpl->warning()).c_str());
@@ -236,8 +241,9 @@ int CmdChat(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<Session>> session = (*model)->NewSession(so);
   if (!session.ok()) return Fail("chat", std::string(session.status().message()));
   const ModelInfo& info = (*model)->info();
-  std::fprintf(stderr, "moex chat: %s, %lld layers, %lld experts (top-%lld), template %s, "
-                       "context %lld. /help for commands.\n",
+  std::fprintf(stderr,
+               "moex chat: %s, %lld layers, %lld experts (top-%lld), template %s, "
+               "context %lld. /help for commands.\n",
                info.architecture.c_str(), static_cast<long long>(info.n_layer),
                static_cast<long long>(info.n_expert), static_cast<long long>(info.n_expert_used),
                std::string(tmpl->name()).c_str(), static_cast<long long>((*session)->context()));
@@ -265,7 +271,8 @@ int CmdChat(int argc, char** argv) {
     if (line.empty()) continue;
     if (line[0] == '/') {
       const std::string cmd = line.substr(0, line.find(' '));
-      const std::string arg = line.find(' ') == std::string::npos ? "" : line.substr(line.find(' ') + 1);
+      const std::string arg =
+          line.find(' ') == std::string::npos ? "" : line.substr(line.find(' ') + 1);
       if (cmd == "/exit" || cmd == "/quit") break;
       if (cmd == "/help") {
         std::fputs(kCommands, stdout);
@@ -275,8 +282,8 @@ int CmdChat(int argc, char** argv) {
       } else if (cmd == "/stats") {
         std::printf("%s\n", chat.StatsLine().c_str());
       } else if (cmd == "/save") {
-        absl::Status st = arg.empty() ? absl::InvalidArgumentError("/save needs a file name")
-                                      : chat.Save(arg);
+        absl::Status st =
+            arg.empty() ? absl::InvalidArgumentError("/save needs a file name") : chat.Save(arg);
         std::printf("%s\n", st.ok() ? ("[saved to " + arg + "]").c_str()
                                     : std::string(st.message()).c_str());
       } else {

@@ -37,8 +37,6 @@ constexpr char kLogitsHelp[] =
     "  Writes the logits of every position: int32 n_tokens, int32 n_vocab,\n"
     "  float32[n_tokens][n_vocab] (little-endian).\n";
 
-
-
 // Opens the model named by -m with `threads`; sets *err and returns null on failure.
 // REQUIRES: -m was given (checked by the caller as a usage error).
 std::unique_ptr<Model> OpenModel(const Args& a, int threads, std::string* err) {
@@ -68,8 +66,8 @@ int CmdLogits(int argc, char** argv) {
   if (a.Str("model").empty()) return Usage("logits", "no model file given (-m MODEL.gguf)");
   std::vector<int32_t> ids;
   if (!ParseIdList(a.Str("tokens"), &ids)) {
-    return Usage("logits", "--tokens needs a comma-separated list of ids, got '" +
-                               a.Str("tokens") + "'");
+    return Usage("logits",
+                 "--tokens needs a comma-separated list of ids, got '" + a.Str("tokens") + "'");
   }
   const std::string out = a.Has("out") ? a.Str("out") : a.Str("output");
   if (out.empty()) return Usage("logits", "no output file (--out FILE)");
@@ -106,10 +104,10 @@ int CmdLogits(int argc, char** argv) {
 int CmdRun(int argc, char** argv) {
   Args a;
   std::string err;
-  if (!a.Parse(argc, argv,
-               WithSampling(
-                   {"model", "tokens", "prompt", "n-predict", "threads", "ctx-size", "trace"}),
-               {"help", "json", "ignore-eos"}, &err)) {
+  if (!a.Parse(
+          argc, argv,
+          WithSampling({"model", "tokens", "prompt", "n-predict", "threads", "ctx-size", "trace"}),
+          {"help", "json", "ignore-eos"}, &err)) {
     return Usage("run", err);
   }
   if (a.Has("help")) {
@@ -139,8 +137,9 @@ int CmdRun(int argc, char** argv) {
   const Tokenizer* tokenizer = model->tokenizer();
   if (a.Has("prompt")) {
     if (tokenizer == nullptr) {
-      return Fail("run", a.Str("model") + " has no tokenizer (no tokenizer.ggml.* keys); give "
-                         "the prompt as token ids with --tokens");
+      return Fail("run", a.Str("model") +
+                             " has no tokenizer (no tokenizer.ggml.* keys); give "
+                             "the prompt as token ids with --tokens");
     }
     EncodeOptions eo;
     eo.parse_special = true;
@@ -168,16 +167,15 @@ int CmdRun(int argc, char** argv) {
   if (tokenizer != nullptr) {
     stream = std::make_unique<Tokenizer::StreamDecoder>(tokenizer->NewStreamDecoder());
   }
-  absl::StatusOr<std::vector<int32_t>> out =
-      (*session)->Generate(ids, go, [&](int32_t tok) {
-        if (!json) {
-          const int32_t one[1] = {tok};
-          const std::string piece = stream ? stream->Push(tok) : m.Detokenize(one);
-          std::fwrite(piece.data(), 1, piece.size(), stdout);
-          std::fflush(stdout);
-        }
-        return true;
-      });
+  absl::StatusOr<std::vector<int32_t>> out = (*session)->Generate(ids, go, [&](int32_t tok) {
+    if (!json) {
+      const int32_t one[1] = {tok};
+      const std::string piece = stream ? stream->Push(tok) : m.Detokenize(one);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  });
   if (!out.ok()) return Fail("run", std::string(out.status().message()));
   if (trace) {
     absl::Status ts = trace->Close();
@@ -186,20 +184,22 @@ int CmdRun(int argc, char** argv) {
   if (!json && stream) std::fputs(stream->Flush().c_str(), stdout);
   const Stats& st = (*session)->stats();
   if (json) {
-    std::printf("{\"model\":%s,\"prompt_tokens\":%lld,\"tokens\":[%s],\"text\":%s,"
-                "\"generated_tokens\":%lld,\"prefill_seconds\":%.6f,\"decode_seconds\":%.6f,"
-                "\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"threads\":%d,\"kv_bytes\":%lld,"
-                "\"kv_peak_bytes\":%lld}\n",
-                JsonString(m.info().path).c_str(), static_cast<long long>(st.prompt_tokens),
-                absl::StrJoin(*out, ",").c_str(), JsonString(m.Detokenize(*out)).c_str(),
-                static_cast<long long>(st.generated_tokens), st.prefill_seconds,
-                st.decode_seconds, st.prefill_tps(), st.decode_tps(),
-                static_cast<int>(a.Int("threads", PhysicalCores(), &err)),
-                static_cast<long long>((*session)->kv_bytes()),
-                static_cast<long long>((*session)->kv_peak_bytes()));
+    std::printf(
+        "{\"model\":%s,\"prompt_tokens\":%lld,\"tokens\":[%s],\"text\":%s,"
+        "\"generated_tokens\":%lld,\"prefill_seconds\":%.6f,\"decode_seconds\":%.6f,"
+        "\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"threads\":%d,\"kv_bytes\":%lld,"
+        "\"kv_peak_bytes\":%lld}\n",
+        JsonString(m.info().path).c_str(), static_cast<long long>(st.prompt_tokens),
+        absl::StrJoin(*out, ",").c_str(), JsonString(m.Detokenize(*out)).c_str(),
+        static_cast<long long>(st.generated_tokens), st.prefill_seconds, st.decode_seconds,
+        st.prefill_tps(), st.decode_tps(),
+        static_cast<int>(a.Int("threads", PhysicalCores(), &err)),
+        static_cast<long long>((*session)->kv_bytes()),
+        static_cast<long long>((*session)->kv_peak_bytes()));
   } else {
     std::printf("\n");
-    std::fprintf(stderr, "moex run: prompt %lld tokens at %.1f tokens/s, generated %lld at %.1f tokens/s\n",
+    std::fprintf(stderr,
+                 "moex run: prompt %lld tokens at %.1f tokens/s, generated %lld at %.1f tokens/s\n",
                  static_cast<long long>(st.prompt_tokens), st.prefill_tps(),
                  static_cast<long long>(st.generated_tokens), st.decode_tps());
   }

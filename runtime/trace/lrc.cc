@@ -246,8 +246,8 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
           }
           std::vector<uint64_t> local(lay.size, 0);
           const size_t off = static_cast<size_t>(gl) * T * k;
-          CountsOf(lay, &ids[off], has_w ? &w[off] : nullptr, has_p ? p.data() : nullptr, T,
-                   k, local.data());
+          CountsOf(lay, &ids[off], has_w ? &w[off] : nullptr, has_p ? p.data() : nullptr, T, k,
+                   local.data());
           if (keep_seq) {
             std::copy(local.begin(), local.end(), &seq_counts[(s * L + l) * lay.size]);
           }

@@ -367,9 +367,8 @@ bool PackedDepths(Policy policy, const uint16_t* ids, int64_t T, int k, int E, u
         depth[cid] = d;
       }
       // Value as a non-negative integer increasing with the priority.
-      const uint64_t value = policy == Policy::kLfu
-                                 ? ++uses[x]
-                                 : static_cast<uint64_t>(n - next_use[t * k + j]);
+      const uint64_t value =
+          policy == Policy::kLfu ? ++uses[x] : static_cast<uint64_t>(n - next_use[t * k + j]);
       stack[0] = x;
       depth[x] = 0;
       key[0] = kCurrent | value << kValueShift | ++stamp;

@@ -320,8 +320,8 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path, const ReadTraceOptions&
       for (uint64_t j = first_of_token; j < i; ++j) {
         if (t.experts[j] == t.experts[i]) {
           return absl::DataLossError(absl::StrCat(path, ": ", seq, ": expert id ", t.experts[i],
-                                                  " twice in one token's top-",
-                                                  h.top_k, " near byte ", pos0));
+                                                  " twice in one token's top-", h.top_k,
+                                                  " near byte ", pos0));
         }
       }
     }

@@ -148,7 +148,8 @@ TEST(TraceCliTest, RunAndChatRecordRouting) {
   ASSERT_EQ(RunCommand(Moex() +
                            " gen --arch qwen3moe --type f32 --hidden 64 --layers 2 --heads 2"
                            " --kv-heads 1 --experts 8 --top-k 2 --ffn 32 --vocab-size 600 "
-                           "--quiet -o " + model + " 2>&1",
+                           "--quiet -o " +
+                           model + " 2>&1",
                        &out),
             0)
       << out;
@@ -179,8 +180,7 @@ TEST(TraceCliTest, RunAndChatRecordRouting) {
   std::ofstream(dir + "/in.txt") << "hello there\nand again\n";
   std::string err;
   ASSERT_EQ(RunCommand("{ " + Moex() + " chat -m " + model + " -n 6 --temp 0 --trace " +
-                           Q(dir + "/c.trace") + " < " + Q(dir + "/in.txt") +
-                           " 2>&1 >/dev/null; }",
+                           Q(dir + "/c.trace") + " < " + Q(dir + "/in.txt") + " 2>&1 >/dev/null; }",
                        &err),
             0)
       << err;

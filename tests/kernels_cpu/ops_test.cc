@@ -1,5 +1,7 @@
 // The reference operators against plain, obviously-correct formulations, on random data
 // with fresh seeds, odd sizes and poisoned outputs.
+#include "kernels_cpu/ops.h"
+
 #include <cmath>
 #include <limits>
 #include <random>
@@ -7,7 +9,6 @@
 
 #include "gtest/gtest.h"
 #include "kernels_cpu/attention.h"
-#include "kernels_cpu/ops.h"
 #include "kernels_cpu/quant.h"
 
 namespace moex::kcpu {
@@ -36,7 +37,7 @@ TEST_P(MatMulTest, EqualsDequantisedNaiveProduct) {
   std::mt19937_64 rng(seed);
   const TypeTraits& tt = GetTypeTraits(GetParam());
   const int64_t cols = tt.block_elems == 256 ? 512 : 96;  // several blocks per row
-  const int64_t rows = 37, n_tok = 5;                      // odd on purpose
+  const int64_t rows = 37, n_tok = 5;                     // odd on purpose
   const std::vector<float> wf = Random(rng, rows * cols, 0.1f);
   std::vector<uint8_t> wq(rows * RowBytes(tt, cols));
   for (int64_t r = 0; r < rows; ++r) {
@@ -85,7 +86,8 @@ TEST(RopeTest, RotatesPairsByPositionAngle) {
     Rope(y.data(), heads, hd, n_rot, pos, base, neox);
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t i = 0; i < n_rot / 2; ++i) {
-        const int64_t a = h * hd + (neox ? i : 2 * i), b = h * hd + (neox ? i + n_rot / 2 : 2 * i + 1);
+        const int64_t a = h * hd + (neox ? i : 2 * i),
+                      b = h * hd + (neox ? i + n_rot / 2 : 2 * i + 1);
         const double th = pos * std::pow(double{base}, -2.0 * i / n_rot);
         EXPECT_NEAR(y[a], x[a] * std::cos(th) - x[b] * std::sin(th), 1e-4);
         EXPECT_NEAR(y[b], x[a] * std::sin(th) + x[b] * std::cos(th), 1e-4);
@@ -130,7 +132,8 @@ TEST(AttentionTest, EqualsNaiveCausalGqa) {
       for (int64_t j = 0; j <= pos0 + t; ++j) {
         double d = 0;
         for (int64_t c = 0; c < s.head_dim; ++c) {
-          d += double{q[(t * s.n_head + h) * s.head_dim + c]} * k[j * kv_stride + kvh * s.head_dim + c];
+          d += double{q[(t * s.n_head + h) * s.head_dim + c]} *
+               k[j * kv_stride + kvh * s.head_dim + c];
         }
         sc[j] = d * s.scale;
         mx = std::max(mx, sc[j]);
@@ -138,7 +141,8 @@ TEST(AttentionTest, EqualsNaiveCausalGqa) {
       for (double& e : sc) sum += (e = std::exp(e - mx));
       for (int64_t c = 0; c < s.head_dim; ++c) {
         double o = 0;
-        for (int64_t j = 0; j <= pos0 + t; ++j) o += sc[j] / sum * v[j * kv_stride + kvh * s.head_dim + c];
+        for (int64_t j = 0; j <= pos0 + t; ++j)
+          o += sc[j] / sum * v[j * kv_stride + kvh * s.head_dim + c];
         EXPECT_NEAR(out[(t * s.n_head + h) * s.head_dim + c], o, 1e-5);
       }
     }

@@ -186,7 +186,7 @@ class ArrayLazyStack {
         --d2;
       }
       const int d = (!H(d1 + 1) && key_[d1 + 1] > kc) ? d2 - 1 : d1;
-      ClearHead(c);  // c leaves its run (it was a head only as a run of its own)
+      ClearHead(c);        // c leaves its run (it was a head only as a run of its own)
       int next_p = r - 1;  // r moves up one place when c moves below it
       if (c > 0 && key_[c - 1] > key_[hn]) {  // hn's run now continues c's predecessor's
         ClearHead(hn);
@@ -199,9 +199,9 @@ class ArrayLazyStack {
 
   int n_ = 0;
   std::vector<uint16_t> ord_;
-  std::vector<uint64_t> key_;   // by position
+  std::vector<uint64_t> key_;    // by position
   std::vector<uint64_t> heads_;  // bit position + 1
-  std::vector<int> pos_;        // by expert
+  std::vector<int> pos_;         // by expert
   std::vector<uint64_t> unlisted_key_;
 };
 
@@ -269,8 +269,8 @@ TEST(TraceSchTest, RandomTracesMatchArrayCodingAndProperties) {
       lrc::AddSchRanks(ids.data(), T, k, E, m, got.data());
       ArraySchRanks(ids.data(), T, k, E, m, want.data());
       // Equal histograms: equal hits for every C.
-      ASSERT_EQ(got, want) << "iter " << iter << " E " << E << " k " << k << " T " << T
-                           << " m " << m;
+      ASSERT_EQ(got, want) << "iter " << iter << " E " << E << " k " << k << " T " << T << " m "
+                           << m;
       // Properties: every access lands at some rank, so SCH(C = E) = 1 (a first access
       // counts at the number of distinct experts seen so far: a free slot); hits grow with
       // C by construction. The first accesses of the distinct experts land at ranks 0, 1,
@@ -341,8 +341,8 @@ TEST(TraceSchTest, AnalyzeIsIndependentOfThreads) {
   ASSERT_TRUE(one.ok() && four.ok());
   auto same = [](const LrcFigures& a, const LrcFigures& b) {
     auto eq = [](const Estimate& x, const Estimate& y) {
-      return (x.value == y.value || (x.value != x.value && y.value != y.value)) &&
-             x.lo == y.lo && x.hi == y.hi;
+      return (x.value == y.value || (x.value != x.value && y.value != y.value)) && x.lo == y.lo &&
+             x.hi == y.hi;
     };
     for (size_t i = 0; i < a.srp.size(); ++i) EXPECT_TRUE(eq(a.srp[i], b.srp[i]));
     for (size_t i = 0; i < a.sch.size(); ++i) {
