@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 namespace moex::cli {
 namespace {
@@ -166,6 +168,28 @@ std::string JsonString(const std::string& s) {
     }
   }
   return o + "\"";
+}
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  std::stringstream ss;
+  ss << f.rdbuf();
+  *out = ss.str();
+  return !f.bad();
+}
+
+std::vector<std::vector<int32_t>> TextWindows(const std::vector<int32_t>& ids, int32_t bos,
+                                              int64_t ctx, int64_t stride, int64_t max_windows) {
+  const int64_t body = ctx - (bos >= 0 ? 1 : 0);
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t start = 0; start + body <= static_cast<int64_t>(ids.size()); start += stride) {
+    if (max_windows >= 0 && static_cast<int64_t>(out.size()) >= max_windows) break;
+    std::vector<int32_t>& w = out.emplace_back();
+    if (bos >= 0) w.push_back(bos);
+    w.insert(w.end(), ids.begin() + start, ids.begin() + start + body);
+  }
+  return out;
 }
 
 int Fail(const char* cmd, const std::string& msg) {

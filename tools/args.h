@@ -50,6 +50,16 @@ inline constexpr const char* kSamplingFlags[] = {
 void ParseSampling(const Args& a, SamplingOptions* s, std::string* err);
 // `flags` plus the sampling flags, and the KV-cache flags (--kv-policy, --kv-type).
 std::set<std::string> WithSampling(std::set<std::string> flags);
+// The whole file at `path` into *out; false when it cannot be read.
+bool ReadFile(const std::string& path, std::string* out);
+
+// The evaluation windows of `moex ppl / predict / trace`: each is `bos` (when >= 0) then
+// ctx - 1 (or ctx, without a BOS) consecutive text tokens, starting every `stride` tokens;
+// only full windows, at most `max_windows` (< 0: all).
+std::vector<std::vector<int32_t>> TextWindows(const std::vector<int32_t>& ids, int32_t bos,
+                                              int64_t ctx, int64_t stride,
+                                              int64_t max_windows = -1);
+
 // --kv-policy SPEC and --kv-type T into the session options (checked when the session
 // is made).
 void ParseKv(const Args& a, SessionOptions* s);

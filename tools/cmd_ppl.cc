@@ -63,11 +63,8 @@ int CmdPpl(int argc, char** argv) {
   if (ctx < 2 || stride < 1 || chunk < 1)
     return Usage("ppl", "-c >= 2, --stride >= 1, --chunk >= 1");
 
-  std::ifstream f(a.Str("file"), std::ios::binary);
-  if (!f) return Fail("ppl", "cannot read " + a.Str("file"));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const std::string text = ss.str();
+  std::string text;
+  if (!ReadFile(a.Str("file"), &text)) return Fail("ppl", "cannot read " + a.Str("file"));
 
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Open(a.Str("model"), mo);
   if (!model.ok()) return Fail("ppl", std::string(model.status().message()));
@@ -94,12 +91,10 @@ int CmdPpl(int argc, char** argv) {
 
   double nll = 0, bytes_per_token = 0, seconds = 0;
   int64_t scored = 0, top1 = 0, windows = 0, peak = 0;
-  const int64_t n_windows_total = (static_cast<int64_t>(ids->size()) - body) / stride + 1;
-  for (int64_t start = 0; start + body <= static_cast<int64_t>(ids->size()); start += stride) {
-    if (max_windows >= 0 && windows >= max_windows) break;
-    std::vector<int32_t> w;
-    if (bos) w.push_back(tok->bos());
-    w.insert(w.end(), ids->begin() + start, ids->begin() + start + body);
+  const std::vector<std::vector<int32_t>> all_windows =
+      TextWindows(*ids, tok->bos(), ctx, stride, max_windows);
+  const int64_t n_windows_total = static_cast<int64_t>(all_windows.size());
+  for (const std::vector<int32_t>& w : all_windows) {
     s.Reset();
     for (int64_t c0 = 0; c0 < ctx; c0 += chunk) {
       const int64_t n = std::min(chunk, ctx - c0);

@@ -50,10 +50,8 @@ int CmdPredict(int argc, char** argv) {
   if (!err.empty()) return Usage("predict", err);
   if (ctx < 2 || distance < 1) return Usage("predict", "-c >= 2 and --distance >= 1");
 
-  std::ifstream f(a.Str("file"), std::ios::binary);
-  if (!f) return Fail("predict", "cannot read " + a.Str("file"));
-  std::stringstream ss;
-  ss << f.rdbuf();
+  std::string text;
+  if (!ReadFile(a.Str("file"), &text)) return Fail("predict", "cannot read " + a.Str("file"));
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Open(a.Str("model"), mo);
   if (!model.ok()) return Fail("predict", std::string(model.status().message()));
   if ((*model)->info().n_expert == 0) return Fail("predict", a.Str("model") + " has no experts");
@@ -61,22 +59,17 @@ int CmdPredict(int argc, char** argv) {
   if (tok == nullptr) return Fail("predict", a.Str("model") + " has no tokenizer");
   EncodeOptions eo;
   eo.add_bos = false;
-  absl::StatusOr<std::vector<int32_t>> ids = tok->Encode(ss.str(), eo);
+  absl::StatusOr<std::vector<int32_t>> ids = tok->Encode(text, eo);
   if (!ids.ok()) return Fail("predict", std::string(ids.status().message()));
-  const bool bos = tok->bos() >= 0;
-  const int64_t body = ctx - (bos ? 1 : 0);
   SessionOptions so;
   so.context = ctx;
   absl::StatusOr<std::unique_ptr<Session>> session = (*model)->NewSession(so);
   if (!session.ok()) return Fail("predict", std::string(session.status().message()));
   Session& s = **session;
   s.EnablePredictorAccuracy(static_cast<int>(distance));
+  const int64_t body = ctx - (tok->bos() >= 0 ? 1 : 0);
   int64_t windows = 0;
-  for (int64_t start = 0; start + body <= static_cast<int64_t>(ids->size()); start += body) {
-    if (max_windows >= 0 && windows >= max_windows) break;
-    std::vector<int32_t> w;
-    if (bos) w.push_back(tok->bos());
-    w.insert(w.end(), ids->begin() + start, ids->begin() + start + body);
+  for (const std::vector<int32_t>& w : TextWindows(*ids, tok->bos(), ctx, body, max_windows)) {
     s.Reset();
     absl::StatusOr<std::vector<float>> l = s.Evaluate(w);
     if (!l.ok()) return Fail("predict", std::string(l.status().message()));

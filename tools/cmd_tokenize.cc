@@ -62,11 +62,7 @@ int CmdTokenize(int argc, char** argv) {
   }
   std::string text = a.Str("text");
   if (a.Has("file")) {
-    std::ifstream f(a.Str("file"), std::ios::binary);
-    if (!f) return Fail("tokenize", "cannot read " + a.Str("file"));
-    std::stringstream ss;
-    ss << f.rdbuf();
-    text = ss.str();
+    if (!ReadFile(a.Str("file"), &text)) return Fail("tokenize", "cannot read " + a.Str("file"));
   }
   std::unique_ptr<Tokenizer> tok = OpenTokenizer(a.Str("model"), &err);
   if (!tok) return Fail("tokenize", err);

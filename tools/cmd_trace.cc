@@ -51,11 +51,10 @@ int CmdTrace(int argc, char** argv) {
   if (!err.empty()) return Usage("trace", err);
   if (ctx < 2 || ctx > (1 << 20)) return Usage("trace", "--ctx must be between 2 and 1048576");
 
-  std::ifstream in(a.Str("file"), std::ios::binary);
-  if (!in) return Fail("trace", absl::StrCat("cannot read ", a.Str("file")));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  std::string text;
+  if (!ReadFile(a.Str("file"), &text)) {
+    return Fail("trace", absl::StrCat("cannot read ", a.Str("file")));
+  }
 
   ModelOptions mo;
   mo.threads = threads;
@@ -72,10 +71,10 @@ int CmdTrace(int argc, char** argv) {
   absl::StatusOr<std::vector<int32_t>> ids = tok->Encode(text, eo);
   if (!ids.ok()) return Fail("trace", std::string(ids.status().message()));
 
-  const bool bos = info.bos_token >= 0;
-  const int64_t per_window = ctx - (bos ? 1 : 0);
-  int64_t windows = static_cast<int64_t>(ids->size()) / per_window;
-  if (max_windows >= 0) windows = std::min(windows, max_windows);
+  const int64_t per_window = ctx - (info.bos_token >= 0 ? 1 : 0);
+  const std::vector<std::vector<int32_t>> all_windows =
+      TextWindows(*ids, info.bos_token, ctx, per_window, max_windows);
+  const int64_t windows = static_cast<int64_t>(all_windows.size());
   if (windows == 0) {
     return Fail("trace", absl::StrCat(a.Str("file"), ": ", ids->size(),
                                       " tokens, fewer than one window of ", per_window));
@@ -104,9 +103,7 @@ int CmdTrace(int argc, char** argv) {
     }
   });
   for (int64_t w = 0; w < windows; ++w) {
-    std::vector<int32_t> window;
-    if (bos) window.push_back(info.bos_token);
-    window.insert(window.end(), ids->begin() + w * per_window, ids->begin() + (w + 1) * per_window);
+    const std::vector<int32_t>& window = all_windows[w];
     (*session)->Reset();
     absl::Status st = (*writer)->BeginSequence(std::to_string(w));
     if (!st.ok()) return Fail("trace", std::string(st.message()));
