@@ -14,6 +14,16 @@
 // cost; host work runs on the host lane (kHostStream) with the CPU profile's costs.
 // This is what lets the scheduler, the expert cache and the prefetcher be exercised and
 // timed on machines without a GPU (docs/DEVICE.md).
+//
+// (Added.) Two refinements of the simulated clock, both what the hardware does:
+//  - Shared engines. All host-to-device copies share one link (one copy engine per
+//    direction, as on GeForce cards), device-to-host copies the other direction, and all
+//    GPU kernels share the GPU: an operation starts at max(stream clock, waited events,
+//    the earliest gap in its engine's busy time that fits it). Without this, two streams
+//    copying at once would each get the whole PCIe bandwidth. Work on one stream only, or
+//    on streams that never overlap in time, is unaffected.
+//  - Synchronize is a barrier: it sets every stream's clock (the host lane's too) to the
+//    latest one, so work issued after it starts no earlier; new streams start there too.
 #ifndef MOEX_RUNTIME_DEVICE_DEVICE_H_
 #define MOEX_RUNTIME_DEVICE_DEVICE_H_
 
@@ -138,6 +148,8 @@ class Device {
   virtual absl::StatusOr<StreamId> CreateStream() = 0;
 
   // Host-to-device copy on `stream`; `src` must stay valid until the stream passes it.
+  // sim: dst and src both null is a copy that only takes time (no bytes move), what the
+  // trace-driven simulator and the simulated run's expert copies use.
   virtual absl::Status CopyToDevice(StreamId stream, void* dst, const void* src, int64_t bytes) = 0;
   virtual absl::Status CopyToHost(StreamId stream, void* dst, const void* src, int64_t bytes) = 0;
 
@@ -155,6 +167,16 @@ class Device {
   virtual absl::StatusOr<double> Synchronize() = 0;
   // The clock of one stream: when its issued work ends (sim), or now (cpu/cuda).
   virtual double StreamTime(StreamId stream) const = 0;
+
+  // (Added.) When `event` completed, on the device clock. sim and cpu know it at Record
+  // (event.seconds); cuda waits for the event and measures it.
+  virtual absl::StatusOr<double> EventTime(const Event& event) { return event.seconds; }
+
+  // A latency the caller knows of, with no engine busy meanwhile: `stream`'s later work
+  // starts `seconds` later on sim (e.g. the GPU reading activations from mapped pinned host
+  // memory: a PCIe round trip that takes no copy engine). cpu and cuda: nothing to do, the
+  // real latency happens by itself.
+  virtual absl::Status Delay(StreamId stream, double seconds) { return absl::OkStatus(); }
 };
 
 struct SimDeviceOptions {
@@ -164,6 +186,8 @@ struct SimDeviceOptions {
 };
 
 std::unique_ptr<Device> CreateCpuDevice();
+// (Added.) With a byte budget on Allocate (0: the machine's physical memory).
+std::unique_ptr<Device> CreateCpuDevice(int64_t budget_bytes);
 absl::StatusOr<std::unique_ptr<Device>> CreateSimDevice(const SimDeviceOptions& options);
 // kUnavailable (with the driver's words) when moex was built without CUDA or no GPU is
 // present. budget_bytes 0: the free memory at creation.
