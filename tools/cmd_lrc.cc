@@ -15,6 +15,7 @@
 #include "moex/trace.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/trace_files.h"
 
 namespace moex::cli {
 namespace {
@@ -466,42 +467,14 @@ int CmdLrc(int argc, char** argv) {
   if (experts < 0 || experts > 65535) return Usage("lrc", "--experts must be in 1..65535");
   opt.bootstrap = boot;
   opt.policies = !a.Has("no-policies");
-  const std::string format = a.Str("format");
-  if (!format.empty() && format != "trace" && format != "csv" && format != "mixtral-jsonl") {
-    return Usage("lrc",
-                 absl::StrCat("unknown --format '", format, "' (trace, csv, mixtral-jsonl)"));
-  }
-
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<Trace> traces;
-  for (const std::string& path : a.positionals()) {
-    auto ends = [&](const char* s) {
-      const std::string suf = s;
-      return path.size() >= suf.size() &&
-             path.compare(path.size() - suf.size(), suf.size(), suf) == 0;
-    };
-    const std::string f = !format.empty()  ? format
-                          : ends(".csv")   ? "csv"
-                          : ends(".jsonl") ? "mixtral-jsonl"
-                                           : "trace";
-    int64_t dropped = 0;
-    absl::StatusOr<Trace> t = f == "csv"     ? ImportCsv(path, experts, &dropped)
-                              : f == "trace" ? ReadTrace(path, ReadTraceOptions{.load_probs = true})
-                                             : ImportMixtralJsonl(path, experts, &dropped);
-    if (!t.ok()) return Fail("lrc", std::string(t.status().message()));
-    if (dropped > 0) {
-      std::fprintf(stderr,
-                   "%s: %lld tokens without every layer at the end of a sequence "
-                   "dropped\n",
-                   path.c_str(), static_cast<long long>(dropped));
-    }
-    if (f == "trace" && experts > 0 && experts != t->header.num_experts) {
-      return Usage("lrc", "--experts applies to imported traces only");
-    }
-    traces.push_back(*std::move(t));
+  Trace merged;
+  if (!LoadTraces(a.positionals(), a.Str("format"), experts, /*load_probs=*/true, &merged, &err)) {
+    return err.rfind("unknown --format", 0) == 0 || err.rfind("--experts", 0) == 0
+               ? Usage("lrc", err)
+               : Fail("lrc", err);
   }
-  absl::StatusOr<Trace> trace = MergeTraces(std::move(traces));
-  if (!trace.ok()) return Fail("lrc", std::string(trace.status().message()));
+  absl::StatusOr<Trace> trace = std::move(merged);
   const auto t1 = std::chrono::steady_clock::now();
   absl::StatusOr<LrcReport> rep = AnalyzeTrace(*trace, opt);
   if (!rep.ok()) return Fail("lrc", std::string(rep.status().message()));
