@@ -17,6 +17,7 @@ int CmdBench(int argc, char** argv);
 int CmdPredict(int argc, char** argv);
 int CmdTrace(int argc, char** argv);
 int CmdLrc(int argc, char** argv);
+int CmdCalibrate(int argc, char** argv);
 int CmdSim(int argc, char** argv);
 
 }  // namespace moex::cli

@@ -29,6 +29,7 @@ constexpr char kUsage[] =
     "  detokenize -m MODEL --tokens 1,2,3 [--json]  token ids to text\n"
     "  trace -m MODEL --file TEXT [--ctx N] -o OUT.trace  record the routing on a text\n"
     "  lrc TRACE... [--m 4,16,64] [--json] [--plot F.svg]  SRP, SCH, cache policies\n"
+    "  calibrate [--hidden N --ffn N --type T] [--json] [--list-profiles]  measure this machine\n"
     "  sim --trace T --model-shape S --profile P [--policy all]  simulated hybrid tokens/s\n"
     "\n"
     "Run `moex <command> --help` for the flags of one command.\n";
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   if (cmd == "detokenize") return moex::cli::CmdDetokenize(argc - 2, argv + 2);
   if (cmd == "trace") return moex::cli::CmdTrace(argc - 2, argv + 2);
   if (cmd == "lrc") return moex::cli::CmdLrc(argc - 2, argv + 2);
+  if (cmd == "calibrate") return moex::cli::CmdCalibrate(argc - 2, argv + 2);
   if (cmd == "sim") return moex::cli::CmdSim(argc - 2, argv + 2);
   std::fprintf(stderr, "moex: unknown command '%s' (see `moex --help`)\n", cmd.c_str());
   return 2;
