@@ -417,13 +417,39 @@ TEST(CreateDeviceTest, Specs) {
   EXPECT_EQ(CreateDevice("cpu", cpu, -5).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(CreateDeviceTest, CudaIsUnavailableWithoutAGpu) {
+TEST(CreateDeviceTest, CudaWorksOrIsUnavailable) {
   absl::StatusOr<std::unique_ptr<Device>> d = CreateCudaDevice(0, 0);
   if (d.ok()) {
-    // A machine with a GPU: the device must say which.
-    EXPECT_EQ((*d)->kind(), DeviceKind::kCuda);
-    EXPECT_EQ((*d)->name().rfind("cuda:0 (", 0), 0u) << (*d)->name();
-    GTEST_SKIP() << "a GPU is present: " << (*d)->name();
+    // A machine with a GPU: bytes go there and back on a stream, an event orders a second
+    // stream after the first, and the budget holds.
+    Device& g = **d;
+    EXPECT_EQ(g.kind(), DeviceKind::kCuda);
+    EXPECT_EQ(g.name().rfind("cuda:0 (", 0), 0u) << g.name();
+    const int64_t n = 1 << 20;
+    absl::StatusOr<DeviceAlloc> buf = g.Allocate(n, "round trip");
+    absl::StatusOr<void*> pin = g.AllocatePinned(n);
+    absl::StatusOr<StreamId> s1 = g.CreateStream(), s2 = g.CreateStream();
+    ASSERT_TRUE(buf.ok() && pin.ok() && s1.ok() && s2.ok());
+    std::vector<char> back(n);
+    for (int64_t i = 0; i < n; ++i) static_cast<char*>(*pin)[i] = static_cast<char>(i * 7);
+    ASSERT_TRUE(g.CopyToDevice(*s1, buf->ptr, *pin, n).ok());
+    absl::StatusOr<Event> e = g.Record(*s1);
+    ASSERT_TRUE(e.ok());
+    ASSERT_TRUE(g.Wait(*s2, *e).ok());
+    ASSERT_TRUE(g.CopyToHost(*s2, back.data(), buf->ptr, n).ok());
+    absl::StatusOr<double> t = g.Synchronize();
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(std::memcmp(back.data(), *pin, n), 0);
+    absl::StatusOr<double> et = g.EventTime(*e);
+    ASSERT_TRUE(et.ok()) << et.status();
+    EXPECT_GT(*et, 0);
+    EXPECT_LE(*et, *t + 1e-3);
+    EXPECT_EQ(g.Allocate(g.memory().budget_bytes, "too much").status().code(),
+              absl::StatusCode::kResourceExhausted);
+    g.Free(*buf);
+    g.FreePinned(*pin);
+    EXPECT_EQ(g.memory().used_bytes, 0);
+    return;
   }
   EXPECT_EQ(d.status().code(), absl::StatusCode::kUnavailable) << d.status();
   EXPECT_FALSE(d.status().message().empty());
