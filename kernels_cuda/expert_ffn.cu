@@ -54,6 +54,7 @@ std::string ExpertFfn(const ExpertFfnArgs& a, void* stream) {
   gu.w1 = static_cast<const uint8_t*>(a.up);
   gu.row_bytes = HostRowBytes(a.gate_up_type, a.n_embd);
   gu.expert_bytes = gu.row_bytes * a.n_ff;
+  gu.wide = WideLoadsOk(a.gate, gu.row_bytes) && WideLoadsOk(a.up, gu.row_bytes);
   gu.rows = a.n_ff;
   gu.cols = a.n_embd;
   gu.x = a.x;
@@ -71,6 +72,7 @@ std::string ExpertFfn(const ExpertFfnArgs& a, void* stream) {
     dn.w0 = static_cast<const uint8_t*>(a.down);
     dn.row_bytes = HostRowBytes(a.down_type, a.n_ff);
     dn.expert_bytes = dn.row_bytes * a.n_embd;
+    dn.wide = WideLoadsOk(a.down, dn.row_bytes);
     dn.rows = a.n_embd;
     dn.cols = a.n_ff;
     dn.x = act;

@@ -28,6 +28,7 @@ struct TileParams {
   const uint8_t* w0 = nullptr;  // weights (gate for kTileGateUp)
   const uint8_t* w1 = nullptr;  // up weights (kTileGateUp only)
   int64_t row_bytes = 0;
+  bool wide = false;         // DecodeChunk's wide loads (every matrix 16-byte aligned)
   int64_t expert_bytes = 0;  // bytes from one expert's matrix to the next
   int64_t rows = 0, cols = 0;
   const float* x = nullptr;  // activation rows, `cols` wide
@@ -89,8 +90,8 @@ __global__ void __launch_bounds__(kTileThreads) TiledKernel(TileParams p) {
       const int64_t chunk = k0 / 8 + cc;
       float v[8], u[8];
       if (r0 + r < p.rows && chunk < n_chunks) {
-        DecodeChunk<T>(w0 + (r0 + r) * p.row_bytes, chunk, p.cols, v);
-        if constexpr (kTwo) DecodeChunk<T>(w1 + (r0 + r) * p.row_bytes, chunk, p.cols, u);
+        DecodeChunk<T>(w0 + (r0 + r) * p.row_bytes, chunk, p.cols, p.wide, v);
+        if constexpr (kTwo) DecodeChunk<T>(w1 + (r0 + r) * p.row_bytes, chunk, p.cols, p.wide, u);
       } else {
 #pragma unroll
         for (int i = 0; i < 8; ++i) v[i] = u[i] = 0.0f;

@@ -32,7 +32,7 @@ __device__ __forceinline__ void LoadX8(const float* xr, int64_t c, int64_t cols,
 template <GgmlType T>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     GemvKernel(const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t cols, const float* x,
-               int n_tokens, float* y) {
+               int n_tokens, bool wide, float* y) {
   const int lane = threadIdx.x & 31;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
   if (r >= rows) return;
@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   float acc[kGemvMaxTokens] = {};
   for (int64_t c = lane; c < n_chunks; c += 32) {
     float v[8];
-    DecodeChunk<T>(wr, c, cols, v);
+    DecodeChunk<T>(wr, c, cols, wide, v);
 #pragma unroll
     for (int t = 0; t < kGemvMaxTokens; ++t) {
       if (t >= n_tokens) break;
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 
 template <GgmlType T>
 __global__ void GetRowsKernel(const uint8_t* table, int64_t row_bytes, int64_t table_rows,
-                              int64_t cols, const int32_t* ids, float* out) {
+                              int64_t cols, const int32_t* ids, bool wide, float* out) {
   const int32_t id = ids[blockIdx.x];
   float* o = out + static_cast<int64_t>(blockIdx.x) * cols;
   const bool ok = id >= 0 && id < table_rows;
@@ -69,7 +69,7 @@ __global__ void GetRowsKernel(const uint8_t* table, int64_t row_bytes, int64_t t
   for (int64_t c = threadIdx.x; c < (cols + 7) / 8; c += blockDim.x) {
     float v[8];
     if (ok) {
-      DecodeChunk<T>(row, c, cols, v);
+      DecodeChunk<T>(row, c, cols, wide, v);
     } else {
 #pragma unroll
       for (int i = 0; i < 8; ++i) v[i] = __int_as_float(0x7fc00000);
@@ -123,6 +123,7 @@ std::string MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, con
   auto* s = static_cast<cudaStream_t>(stream);
   const auto* wb = static_cast<const uint8_t*>(w);
   const int64_t row_bytes = HostRowBytes(type, cols);
+  const bool wide = WideLoadsOk(wb, row_bytes);
   if (gemv) {
     name = "GemvKernel";
     // The GEMV keeps one accumulator per token in registers: larger batches run it on
@@ -132,7 +133,7 @@ std::string MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, con
       const int nt = static_cast<int>(std::min<int64_t>(kGemvMaxTokens, n_tokens - t0));
       MOEX_DISPATCH_WEIGHT(type, T,
                            GemvKernel<T><<<grid, kGemvWarps * 32, 0, s>>>(
-                               wb, row_bytes, rows, cols, x + t0 * cols, nt, y + t0 * rows));
+                               wb, row_bytes, rows, cols, x + t0 * cols, nt, wide, y + t0 * rows));
       if (std::string err = CheckLaunch(Shape(name, type, rows, cols, nt)); !err.empty()) {
         return err;
       }
@@ -146,6 +147,7 @@ std::string MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, con
   TileParams p;
   p.w0 = wb;
   p.row_bytes = row_bytes;
+  p.wide = wide;
   p.rows = rows;
   p.cols = cols;
   p.x = x;
@@ -171,7 +173,7 @@ std::string GetRows(GgmlType type, const void* table, int64_t table_rows, int64_
   const int64_t row_bytes = HostRowBytes(type, cols);
   MOEX_DISPATCH_WEIGHT(type, T,
                        GetRowsKernel<T><<<static_cast<unsigned>(n_ids), 128, 0, s>>>(
-                           tb, row_bytes, table_rows, cols, ids, out));
+                           tb, row_bytes, table_rows, cols, ids, WideLoadsOk(tb, row_bytes), out));
   return CheckLaunch(Shape("GetRowsKernel", type, table_rows, cols, n_ids));
 }
 
