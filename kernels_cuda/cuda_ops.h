@@ -18,8 +18,11 @@
 //    expression order as kernels_cpu/quant.cc (so a dequantised weight is bit-identical)
 //    and accumulate in F32. Unlike kcpu::MatMul, activations are NOT quantised to 8 bits,
 //    so GPU and CPU results differ by the CPU path's activation rounding (~1 %).
-// Thread-safety: functions hold no state except a per-device cache of launch attributes
-// (set once, under a mutex); calls on different streams may run concurrently.
+//  - Not yet: integer (dp4a) or tensor-core (mma) products, CUDA-graph capture of a
+//    layer; the tiled kernel is plain F32 SIMT.
+// Thread-safety: the functions hold no state; calls on different streams may run
+// concurrently (prefill attention sets its kernel's shared-memory limit, an idempotent
+// per-process attribute, before each launch).
 #ifndef MOEX_KERNELS_CUDA_CUDA_OPS_H_
 #define MOEX_KERNELS_CUDA_CUDA_OPS_H_
 
@@ -139,8 +142,10 @@ bool IsSupportedKvType(GgmlType type);
 int64_t KvBufferBytes(const KvLayout& kv);
 
 // Stores the keys and values of n_tokens tokens (k, v: device [n_tokens][n_head_kv *
-// head_dim], keys after RoPE) at rows pos0 .. pos0 + n_tokens - 1. Quantised rows are
-// bit-identical to kcpu::QuantizeRow's.
+// head_dim], keys after RoPE) at rows pos0 .. pos0 + n_tokens - 1, quantised as
+// kcpu::QuantizeRow does: F32/F16/BF16/Q8_0 rows bit-identical, Q4_1 scales too, and a Q4_1
+// code may differ by one step where the host compiler fused (x - m) * id + 0.5 into an FMA
+// and the GPU did not round the same way.
 std::string KvStore(const KvLayout& kv, const float* k, const float* v, int64_t n_tokens,
                     int64_t pos0, void* k_cache, void* v_cache, void* stream);
 

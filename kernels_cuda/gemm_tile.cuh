@@ -5,7 +5,7 @@
 //
 // Plain SIMT FMAs in F32 (no tensor cores, no integer dot products): the first goal is
 // exact agreement with the CPU reference on every block type; dp4a/mma paths are a later
-// step (docs note in cuda_ops.h).
+// step (see "Not yet" in cuda_ops.h).
 #ifndef MOEX_KERNELS_CUDA_GEMM_TILE_CUH_
 #define MOEX_KERNELS_CUDA_GEMM_TILE_CUH_
 
