@@ -195,11 +195,17 @@ void BM_CudaDecodeAttention(benchmark::State& state) {
   cudaMemcpy(q, host.data(), n_head * 128 * sizeof(float), cudaMemcpyHostToDevice);
   std::string err = KvStore(kv, rows, rows, ctx, 0, k, v, nullptr);
   const float scale = 1.0f / std::sqrt(128.0f);
+  // Our own scratch: cudaMallocAsync's default pool would hand its memory back to the
+  // driver at each event synchronisation and time a fresh allocation per call.
+  const int64_t ws_bytes = AttentionWorkspaceBytes(kv, 1, ctx - 1, n_head, AttentionPath::kDecode);
+  void* ws = nullptr;
+  if (!Ok(state, cudaMalloc(&ws, ws_bytes), "cudaMalloc workspace")) err = "no workspace";
   double total_ms = 0;
   for (auto _ : state) {
     if (!err.empty()) break;
     const float ms = TimeMs([&] {
-      err = Attention(kv, k, v, q, 1, ctx - 1, n_head, scale, out, nullptr, AttentionPath::kDecode);
+      err = Attention(kv, k, v, q, 1, ctx - 1, n_head, scale, out, nullptr, AttentionPath::kDecode,
+                      ws, ws_bytes);
     });
     state.SetIterationTime(ms / 1e3);
     total_ms += ms;
@@ -213,6 +219,7 @@ void BM_CudaDecodeAttention(benchmark::State& state) {
   cudaFree(rows);
   cudaFree(q);
   cudaFree(out);
+  cudaFree(ws);
 }
 BENCHMARK(BM_CudaDecodeAttention)
     ->ArgsProduct({{0, 1, 2, 3, 4}, {4096}})

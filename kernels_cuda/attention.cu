@@ -312,6 +312,21 @@ __global__ void KvStoreKernel(const float* k, const float* v, int64_t n_head_kv,
   }
 }
 
+// A chunk of 256 rows per split keeps a split's four warps busy for 64 rows each, and
+// gives a 4K context 16 splits per head: with 32 heads, 512 blocks fill any current GPU.
+constexpr int64_t kDecodeChunk = 256;
+
+bool UsesDecode(AttentionPath path, int64_t n_tokens) {
+  return path == AttentionPath::kDecode || (path == AttentionPath::kAuto && n_tokens <= 4);
+}
+
+// The split results: a running max and sum, and head_dim partial outputs, per (token,
+// head, split).
+int64_t DecodeWorkspaceBytes(int64_t head_dim, int64_t n_tokens, int64_t pos0, int64_t n_head) {
+  const int64_t n_splits = (pos0 + n_tokens + kDecodeChunk - 1) / kDecodeChunk;
+  return n_tokens * n_head * n_splits * (2 + head_dim) * static_cast<int64_t>(sizeof(float));
+}
+
 std::string KvShape(const char* kernel, const KvLayout& kv, int64_t n_tokens, int64_t pos0) {
   return std::string(kernel) + " (" + TypeName(kv.type) +
          ", n_head_kv=" + std::to_string(kv.n_head_kv) +
@@ -363,9 +378,8 @@ std::string KvStore(const KvLayout& kv, const float* k, const float* v, int64_t 
 
 std::string Attention(const KvLayout& kv, const void* k_cache, const void* v_cache, const float* q,
                       int64_t n_tokens, int64_t pos0, int64_t n_head, float scale, float* out,
-                      void* stream, AttentionPath path) {
-  const bool decode =
-      path == AttentionPath::kDecode || (path == AttentionPath::kAuto && n_tokens <= 4);
+                      void* stream, AttentionPath path, void* workspace, int64_t workspace_bytes) {
+  const bool decode = UsesDecode(path, n_tokens);
   std::string what = KvShape(decode ? "DecodeKernel" : "PrefillKernel", kv, n_tokens, pos0) +
                      " n_head=" + std::to_string(n_head);
   if (std::string err = CheckKv(what, kv, n_tokens, pos0); !err.empty()) return err;
@@ -402,16 +416,19 @@ std::string Attention(const KvLayout& kv, const void* k_cache, const void* v_cac
     if (e != cudaSuccess) return CudaError(e, what + ": cudaFuncSetAttribute");
     return CheckLaunch(what);
   }
-  // A chunk of 256 rows per split keeps a split's four warps busy for 64 rows each, and
-  // gives a 4K context 16 splits per head: with 32 heads, 512 blocks fill any current GPU.
-  p.chunk = 256;
-  const int64_t max_ctx = pos0 + n_tokens;
-  p.n_splits = static_cast<int>((max_ctx + p.chunk - 1) / p.chunk);
+  p.chunk = static_cast<int>(kDecodeChunk);
+  p.n_splits = static_cast<int>((pos0 + n_tokens + kDecodeChunk - 1) / kDecodeChunk);
   const int64_t parts = n_tokens * n_head * p.n_splits;
-  void* scratch = nullptr;
-  cudaError_t e =
-      cudaMallocAsync(&scratch, static_cast<size_t>(parts * (2 + p.head_dim)) * sizeof(float), s);
-  if (e != cudaSuccess) return CudaError(e, what + ": cudaMallocAsync of the split results");
+  const int64_t need = DecodeWorkspaceBytes(kv.head_dim, n_tokens, pos0, n_head);
+  void* scratch = workspace;
+  cudaError_t e = cudaSuccess;
+  if (scratch == nullptr) {
+    e = cudaMallocAsync(&scratch, static_cast<size_t>(need), s);
+    if (e != cudaSuccess) return CudaError(e, what + ": cudaMallocAsync of the split results");
+  } else if (workspace_bytes < need) {
+    return what + ": workspace of " + std::to_string(workspace_bytes) + " bytes, " +
+           std::to_string(need) + " needed";
+  }
   p.part_ml = static_cast<float*>(scratch);
   p.part_acc = p.part_ml + 2 * parts;
   const dim3 grid(static_cast<unsigned>(p.n_splits), static_cast<unsigned>(n_head),
@@ -423,9 +440,17 @@ std::string Attention(const KvLayout& kv, const void* k_cache, const void* v_cac
     DecodeReduceKernel<<<rgrid, 128, 0, s>>>(p);
     err = CheckLaunch(what + ": DecodeReduceKernel");
   }
-  e = cudaFreeAsync(scratch, s);
-  if (err.empty() && e != cudaSuccess) err = CudaError(e, what + ": cudaFreeAsync");
+  if (workspace == nullptr) {
+    e = cudaFreeAsync(scratch, s);
+    if (err.empty() && e != cudaSuccess) err = CudaError(e, what + ": cudaFreeAsync");
+  }
   return err;
+}
+
+int64_t AttentionWorkspaceBytes(const KvLayout& kv, int64_t n_tokens, int64_t pos0, int64_t n_head,
+                                AttentionPath path) {
+  if (!UsesDecode(path, n_tokens)) return 0;
+  return DecodeWorkspaceBytes(kv.head_dim, n_tokens, pos0, n_head);
 }
 
 }  // namespace moex::kcuda

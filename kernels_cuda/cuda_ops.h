@@ -83,13 +83,19 @@ struct ExpertFfnArgs {
   int64_t n_entries = 0;               // host copy of offsets[n_expert]
   int64_t max_entries_per_expert = 0;  // host: max over e of offsets[e+1] - offsets[e]
   float* out = nullptr;                // device [n_tokens][n_embd], accumulated into (+=)
+  // Optional device scratch of at least ExpertFfnWorkspaceBytes; null: ExpertFfn takes it
+  // from cudaMallocAsync on the stream (whose default pool may return it to the driver at
+  // each synchronisation, so callers in a loop should pass their own).
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
+int64_t ExpertFfnWorkspaceBytes(const ExpertFfnArgs& args);
 // Reads each expert's weight tiles once per tile of up to 32 of its tokens (the tiled
 // kernel, with the token rows gathered through token_ids). The scatter-add uses F32
 // atomics, so when several entries of a token land in `out` the order of their additions,
 // and with it the last bits of the sum, may vary from run to run; use
 // MatMul + SwiGlu + CombineExperts where bitwise reproducibility matters.
-// Allocates n_entries * n_ff floats of scratch with cudaMallocAsync on `stream`.
+// Scratch: n_entries * n_ff floats (args.workspace).
 std::string ExpertFfn(const ExpertFfnArgs& args, void* stream);
 
 // ---- small operators --------------------------------------------------------------------
@@ -158,10 +164,15 @@ enum class AttentionPath { kAuto, kDecode, kPrefill };
 // 0 .. pos0 + n_tokens - 1 must be stored); query head h reads KV head h / (n_head /
 // n_head_kv); out: device [n_tokens][n_head * head_dim]. Decode splits the KV length into
 // chunks over blocks and reduces the chunks' partial softmaxes in a second kernel (scratch
-// from cudaMallocAsync); prefill walks KV tiles of 32 rows per block of 16 queries.
+// from `workspace`, or from cudaMallocAsync when null: see ExpertFfnArgs::workspace);
+// prefill walks KV tiles of 32 rows per block of 16 queries.
 std::string Attention(const KvLayout& kv, const void* k_cache, const void* v_cache, const float* q,
                       int64_t n_tokens, int64_t pos0, int64_t n_head, float scale, float* out,
-                      void* stream, AttentionPath path = AttentionPath::kAuto);
+                      void* stream, AttentionPath path = AttentionPath::kAuto,
+                      void* workspace = nullptr, int64_t workspace_bytes = 0);
+// Bytes of scratch Attention needs for these arguments (0 for the prefill kernel).
+int64_t AttentionWorkspaceBytes(const KvLayout& kv, int64_t n_tokens, int64_t pos0, int64_t n_head,
+                                AttentionPath path = AttentionPath::kAuto);
 
 }  // namespace moex::kcuda
 

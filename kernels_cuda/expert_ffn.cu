@@ -43,10 +43,16 @@ std::string ExpertFfn(const ExpertFfnArgs& a, void* stream) {
     return what + ": null pointer";
   }
   auto* s = static_cast<cudaStream_t>(stream);
-  float* act = nullptr;
-  cudaError_t e = cudaMallocAsync(reinterpret_cast<void**>(&act),
-                                  static_cast<size_t>(a.n_entries * a.n_ff) * sizeof(float), s);
-  if (e != cudaSuccess) return CudaError(e, what + ": cudaMallocAsync of the activations");
+  float* act = static_cast<float*>(a.workspace);
+  cudaError_t e = cudaSuccess;
+  if (act == nullptr) {
+    e = cudaMallocAsync(reinterpret_cast<void**>(&act),
+                        static_cast<size_t>(ExpertFfnWorkspaceBytes(a)), s);
+    if (e != cudaSuccess) return CudaError(e, what + ": cudaMallocAsync of the activations");
+  } else if (a.workspace_bytes < ExpertFfnWorkspaceBytes(a)) {
+    return what + ": workspace of " + std::to_string(a.workspace_bytes) + " bytes, " +
+           std::to_string(ExpertFfnWorkspaceBytes(a)) + " needed";
+  }
 
   const unsigned n_tiles = static_cast<unsigned>((a.max_entries_per_expert + kTileN - 1) / kTileN);
   TileParams gu;
@@ -86,10 +92,16 @@ std::string ExpertFfn(const ExpertFfnArgs& a, void* stream) {
                          TiledKernel<T, kTileScatter><<<grid_dn, kTileThreads, 0, s>>>(dn));
     err = CheckLaunch(what + ": down TiledKernel");
   }
-  // Stream-ordered: the memory is released after the kernels that read it.
-  e = cudaFreeAsync(act, s);
-  if (err.empty() && e != cudaSuccess) err = CudaError(e, what + ": cudaFreeAsync");
+  if (a.workspace == nullptr) {
+    // Stream-ordered: the memory is released after the kernels that read it.
+    e = cudaFreeAsync(act, s);
+    if (err.empty() && e != cudaSuccess) err = CudaError(e, what + ": cudaFreeAsync");
+  }
   return err;
+}
+
+int64_t ExpertFfnWorkspaceBytes(const ExpertFfnArgs& a) {
+  return a.n_entries * a.n_ff * static_cast<int64_t>(sizeof(float));
 }
 
 }  // namespace moex::kcuda

@@ -30,8 +30,10 @@ struct Span {
   int64_t n_tokens, pos0;
 };
 
+// own_workspace: pass a caller-owned scratch (NaN-poisoned) instead of letting Attention
+// allocate one.
 void RunAttention(std::mt19937_64& rng, GgmlType type, const Shape& sh, const Span& sp,
-                  AttentionPath path) {
+                  AttentionPath path, bool own_workspace = false) {
   const int64_t n_rows = sp.pos0 + sp.n_tokens;
   const KvLayout kv{type, sh.n_head_kv, sh.head_dim, n_rows + 7};  // 7 spare, poisoned rows
   const int64_t row_bytes = kcpu::RowBytes(kcpu::GetTypeTraits(type), sh.head_dim);
@@ -65,8 +67,11 @@ void RunAttention(std::mt19937_64& rng, GgmlType type, const Shape& sh, const Sp
       std::to_string(sh.n_head_kv) + " d=" + std::to_string(sh.head_dim) +
       " t=" + std::to_string(sp.n_tokens) + " pos0=" + std::to_string(sp.pos0) +
       " path=" + std::to_string(static_cast<int>(path));
+  const int64_t ws_bytes = AttentionWorkspaceBytes(kv, sp.n_tokens, sp.pos0, sh.n_head, path);
+  DeviceBuffer<uint8_t> ws(own_workspace ? ws_bytes : 0);
+  if (own_workspace) ws.Poison();
   ASSERT_EQ(Attention(kv, dk.get(), dv.get(), dq.get(), sp.n_tokens, sp.pos0, sh.n_head, scale,
-                      dout.get(), nullptr, path),
+                      dout.get(), nullptr, path, own_workspace ? ws.get() : nullptr, ws_bytes),
             "")
       << what;
   const std::vector<float> got = dout.Download();
@@ -130,6 +135,13 @@ TEST_P(AttentionTypeTest, AutoPathChoosesAWorkingKernel) {
   RunAttention(rng, GetParam(), {8, 4, 128}, {21, 5}, AttentionPath::kAuto);
 }
 
+TEST_P(AttentionTypeTest, DecodeWithACallerWorkspace) {
+  MOEX_SKIP_WITHOUT_CUDA();
+  std::mt19937_64 rng(FreshSeed());
+  RunAttention(rng, GetParam(), {8, 2, 128}, {1, 600}, AttentionPath::kDecode, true);
+  RunAttention(rng, GetParam(), {8, 2, 128}, {3, 40}, AttentionPath::kDecode, true);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllKvTypes, AttentionTypeTest,
                          ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
                                            GgmlType::kQ8_0, GgmlType::kQ4_1),
@@ -149,6 +161,14 @@ TEST(CudaAttentionArgsTest, ErrorsNameTheKernelAndShape) {
   EXPECT_NE(err.find("head_dim must be a multiple of 32"), std::string::npos) << err;
   err = Attention(KvLayout{GgmlType::kF32, 2, 64, 100}, &f, &f, &f, 20, 90, 4, 1.0f, &f, nullptr);
   EXPECT_NE(err.find("beyond the KV capacity"), std::string::npos) << err;
+  const KvLayout kv{GgmlType::kF16, 2, 64, 1000};
+  EXPECT_EQ(AttentionWorkspaceBytes(kv, 20, 0, 4, AttentionPath::kPrefill), 0);
+  // 513 rows: 3 splits of 256, each 2 floats + 64 outputs, for 2 tokens x 4 heads.
+  const int64_t need = AttentionWorkspaceBytes(kv, 2, 511, 4, AttentionPath::kDecode);
+  EXPECT_EQ(need, 2 * 4 * 3 * (2 + 64) * 4);
+  err =
+      Attention(kv, &f, &f, &f, 2, 511, 4, 1.0f, &f, nullptr, AttentionPath::kDecode, &f, need - 1);
+  EXPECT_NE(err.find("workspace of"), std::string::npos) << err;
 }
 
 }  // namespace
