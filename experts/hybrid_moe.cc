@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <string>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/core/status_macros.h"
 
@@ -32,6 +34,32 @@ absl::StatusOr<MoePolicy> ParseMoePolicy(std::string_view name) {
   return absl::InvalidArgumentError(
       absl::StrCat("unknown MoE policy '", std::string(name),
                    "' (hybrid, static-layers, lru-ondemand, cpu-only, gpu-only)"));
+}
+
+absl::StatusOr<int64_t> ParseSlotBudget(const std::string& s, int64_t all, double slot) {
+  std::string t(absl::StripAsciiWhitespace(s));
+  double v = 0;
+  if (!t.empty() && t.back() == '%') {
+    if (!absl::SimpleAtod(t.substr(0, t.size() - 1), &v) || v < 0 || v > 100) {
+      return absl::InvalidArgumentError(absl::StrCat("--gpu-mem '", s, "': a percentage 0-100%"));
+    }
+    return static_cast<int64_t>(std::llround(v / 100.0 * all));
+  }
+  double unit = 1;
+  for (const auto& [suffix, mult] : std::vector<std::pair<std::string, double>>{
+           {"GiB", 1073741824.0}, {"MiB", 1048576.0}, {"GB", 1e9}, {"MB", 1e6}, {"B", 1}}) {
+    if (t.size() > suffix.size() &&
+        t.compare(t.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      unit = mult;
+      t.resize(t.size() - suffix.size());
+      break;
+    }
+  }
+  if (!absl::SimpleAtod(t, &v) || v < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--gpu-mem '", s, "': a size (6GiB, 512MiB, 8GB) or a share of the experts (25%)"));
+  }
+  return std::min<int64_t>(all, static_cast<int64_t>(v * unit / slot));
 }
 
 absl::StatusOr<std::unique_ptr<HybridMoe>> HybridMoe::Create(const HybridMoeOptions& o,

@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -35,6 +36,11 @@ namespace moex {
 enum class MoePolicy { kHybrid, kStaticLayers, kLruOnDemand, kCpuOnly, kGpuOnly };
 const char* MoePolicyName(MoePolicy policy);
 absl::StatusOr<MoePolicy> ParseMoePolicy(std::string_view name);
+
+// The expert slots a --gpu-mem value buys: "25%" of `all_slots`, or a size ("6GiB",
+// "512MiB", "8GB", "1000000" bytes) divided by `slot_bytes`, at most all_slots.
+absl::StatusOr<int64_t> ParseSlotBudget(const std::string& spec, int64_t all_slots,
+                                        double slot_bytes);
 
 struct HybridMoeOptions {
   MoePolicy policy = MoePolicy::kHybrid;
@@ -102,6 +108,7 @@ class HybridMoe {
   absl::StatusOr<double> Synchronize();
 
   const HybridStats& stats() const { return stats_; }
+  const HybridMoeOptions& options() const { return o_; }
   const ExpertCache& cache() const { return cache_; }
   const MoeCostModel& cost() const { return cost_; }
   PlacementRule rule() const { return rule_; }

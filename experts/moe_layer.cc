@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "absl/strings/str_cat.h"
 #include "kernels_cpu/ops.h"
 
 namespace moex {
@@ -48,11 +49,15 @@ void DenseFfn(const WeightMatrix& gate, const WeightMatrix& up, const WeightMatr
 
 void MoeForward(const MoeWeights& w, const Routing& routing, const float* x, int64_t n_tokens,
                 float* out) {
+  // Without a dispatcher the status is always OK.
+  MoeForward(w, routing, x, n_tokens, out, nullptr).IgnoreError();
+}
+
+absl::Status MoeForward(const MoeWeights& w, const Routing& routing, const float* x,
+                        int64_t n_tokens, float* out, const ExpertDispatch& dispatch) {
   const int64_t n_embd = w.gate.cols;
   const int64_t n_expert = w.gate.n;
   const int64_t k = routing.k;
-  std::fill(out, out + n_tokens * n_embd, 0.0f);
-
   // Group (token, weight) pairs by expert: each active expert runs once on its tokens.
   std::vector<std::vector<std::pair<int64_t, float>>> by_expert(n_expert);
   for (int64_t t = 0; t < n_tokens; ++t) {
@@ -60,22 +65,45 @@ void MoeForward(const MoeWeights& w, const Routing& routing, const float* x, int
       by_expert[routing.experts[t * k + j]].push_back({t, routing.weights[t * k + j]});
     }
   }
-  std::vector<float> xin, y;
+  std::vector<int32_t> active;
   for (int64_t e = 0; e < n_expert; ++e) {
+    if (!by_expert[e].empty()) active.push_back(static_cast<int32_t>(e));
+  }
+  // Each expert's output goes to its own rows, combined below in expert order whatever
+  // order (and side) the dispatcher ran them in: the sums are the same bit for bit.
+  std::vector<std::vector<float>> ys(n_expert);
+  auto run = [&](int32_t e, bool /*on_gpu*/) -> absl::Status {
+    if (e < 0 || e >= n_expert || by_expert[e].empty()) {
+      return absl::InternalError(absl::StrCat("MoE dispatch ran inactive expert ", e));
+    }
     const auto& toks = by_expert[e];
-    if (toks.empty()) continue;
     const int64_t m = static_cast<int64_t>(toks.size());
-    xin.resize(m * n_embd);
-    y.resize(m * n_embd);
+    std::vector<float> xin(m * n_embd);
     for (int64_t i = 0; i < m; ++i) {
       std::copy_n(x + toks[i].first * n_embd, n_embd, xin.data() + i * n_embd);
     }
-    DenseFfn(w.gate.Expert(e), w.up.Expert(e), w.down.Expert(e), xin.data(), m, y.data());
-    for (int64_t i = 0; i < m; ++i) {
-      kcpu::Axpy(toks[i].second, y.data() + i * n_embd, out + toks[i].first * n_embd, n_embd);
+    ys[e].resize(m * n_embd);
+    DenseFfn(w.gate.Expert(e), w.up.Expert(e), w.down.Expert(e), xin.data(), m, ys[e].data());
+    return absl::OkStatus();
+  };
+  if (dispatch) {
+    if (absl::Status st = dispatch(active, run); !st.ok()) return st;
+  } else {
+    for (int32_t e : active) {
+      if (absl::Status st = run(e, false); !st.ok()) return st;
     }
   }
-
+  std::fill(out, out + n_tokens * n_embd, 0.0f);
+  for (int32_t e : active) {
+    const auto& toks = by_expert[e];
+    if (ys[e].size() != toks.size() * n_embd) {
+      return absl::InternalError(absl::StrCat("MoE dispatch did not run expert ", e));
+    }
+    for (size_t i = 0; i < toks.size(); ++i) {
+      kcpu::Axpy(toks[i].second, ys[e].data() + i * n_embd, out + toks[i].first * n_embd, n_embd);
+    }
+  }
+  std::vector<float> y;
   if (w.shared_gate.valid()) {
     y.resize(n_tokens * n_embd);
     DenseFfn(w.shared_gate, w.shared_up, w.shared_down, x, n_tokens, y.data());
@@ -89,6 +117,7 @@ void MoeForward(const MoeWeights& w, const Routing& routing, const float* x, int
       kcpu::Axpy(s, y.data() + t * n_embd, out + t * n_embd, n_embd);
     }
   }
+  return absl::OkStatus();
 }
 
 }  // namespace moex

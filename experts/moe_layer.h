@@ -14,8 +14,10 @@
 #define MOEX_EXPERTS_MOE_LAYER_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "runtime/core/tensor_view.h"
 
 namespace moex {
@@ -52,6 +54,18 @@ void Route(const MoeWeights& w, const RouterConfig& cfg, const float* x, int64_t
 // overwritten.
 void MoeForward(const MoeWeights& w, const Routing& routing, const float* x, int64_t n_tokens,
                 float* out);
+
+// Where and when the routed experts of a layer run: a dispatcher gets the active experts
+// (ascending ids) and must call `run(e, on_gpu)` once for each, in any order (the hybrid
+// executor places them on the CPU or the GPU). The arithmetic does not depend on the
+// order or the side: the outputs are combined afterwards in expert order.
+using ExpertRun = std::function<absl::Status(int32_t expert, bool on_gpu)>;
+using ExpertDispatch =
+    std::function<absl::Status(const std::vector<int32_t>& active, const ExpertRun& run)>;
+// As above with a dispatcher (null: every expert in id order). Errors are the
+// dispatcher's, or kInternal when it skipped an expert.
+absl::Status MoeForward(const MoeWeights& w, const Routing& routing, const float* x,
+                        int64_t n_tokens, float* out, const ExpertDispatch& dispatch);
 
 // Dense SwiGLU FFN: out = down(silu(gate x) * up x), for the non-MoE layers and the
 // shared expert. out: [n_tokens][down.rows], overwritten.

@@ -39,10 +39,12 @@ double GuessedFinish(const PrefetchRequest& r, const ExpertCache& cache, const M
     }
     jobs.push_back(j);
   }
-  // On-demand copies of the target layer queue behind the prefetches on the link.
+  // On-demand copies of the target layer queue behind the prefetches on the link, and can
+  // only use the slots the prefetches left (those stay pinned until the layer ran).
   ResourceClock start;
   start.link_s = std::max(0.0, r.link_free_s + cost.Copy() * extra.size() - r.layer_start_s);
-  return ScheduleLayer(jobs, cost, r.rule, static_cast<int32_t>(jobs.size()), start).finish_s;
+  const int32_t slots_left = std::max(0, r.max_copies - static_cast<int32_t>(extra.size()));
+  return ScheduleLayer(jobs, cost, r.rule, slots_left, start).finish_s;
 }
 
 bool Guessed(const PrefetchRequest& r, int32_t expert, double at_least) {

@@ -14,6 +14,7 @@
 #include "runtime/core/gguf.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/forward.h"
+#include "runtime/hybrid_run.h"
 #include "runtime/model_info.h"
 #include "runtime/model_weights.h"
 #include "runtime/sampler.h"
@@ -85,6 +86,14 @@ struct Session::Impl {
   Stats stats;
   RoutingCallback routing_callback;
   std::unique_ptr<PredictorMeter> meter;
+  std::unique_ptr<HybridRun> hybrid;  // null on cpu
+
+  // The device clock now (0 on cpu).
+  double DeviceSeconds() {
+    if (!hybrid) return 0;
+    absl::StatusOr<double> t = hybrid->Seconds();
+    return t.ok() ? *t : 0;
+  }
 
   // The forward pass has one observer; it serves the routing callback and the meter.
   void InstallObserver();
@@ -150,6 +159,18 @@ absl::StatusOr<std::unique_ptr<Session>> Model::NewSession(const SessionOptions&
   MOEX_ASSIGN_OR_RETURN(ko.policy, ParseKvPolicy(options.kv_policy));
   MOEX_ASSIGN_OR_RETURN(s->kv, KvCache::Create(ko));
   s->forward = std::make_unique<Forward>(&impl_->weights, s->kv.get());
+  if (!options.device.empty() && options.device != "cpu") {
+    HybridRunOptions ho;
+    ho.device = options.device;
+    ho.cpu_profile = options.cpu_profile;
+    ho.gpu_mem = options.gpu_mem;
+    ho.moe_policy = options.moe_policy;
+    ho.cache_policy = options.cache_policy;
+    ho.prefetch = options.prefetch;
+    ho.context = ctx;
+    MOEX_ASSIGN_OR_RETURN(s->hybrid, HybridRun::Create(impl_->weights, ho));
+    s->forward->set_hybrid(s->hybrid.get());
+  }
   return std::unique_ptr<Session>(new Session(std::move(s)));
 }
 
@@ -240,6 +261,35 @@ int64_t Session::kv_bytes() const { return impl_->kv->bytes(); }
 int64_t Session::kv_peak_bytes() const { return impl_->kv->peak_bytes(); }
 const Stats& Session::stats() const { return impl_->stats; }
 
+DeviceStats Session::device_stats() const {
+  DeviceStats d;
+  const HybridRun* h = impl_->hybrid.get();
+  if (h == nullptr) return d;
+  const HybridStats& st = h->stats();
+  d.device = h->device_name();
+  d.moe_policy = MoePolicyName(h->hybrid().options().policy);
+  d.cache_policy = ExpertCachePolicyName(h->hybrid().cache().policy());
+  d.prefetch = PrefetchModeName(h->hybrid().prefetch());
+  d.seconds = impl_->DeviceSeconds();
+  d.steps = st.steps;
+  d.tokens = st.tokens;
+  d.slots = h->slots();
+  d.expert_bytes = h->expert_bytes();
+  d.hits = st.hits;
+  d.misses = st.misses;
+  d.ondemand_copies = st.ondemand_copies;
+  d.prefetch_copies = st.prefetch_copies;
+  d.refresh_copies = st.refresh_copies;
+  d.prefetch_used = st.prefetch_used;
+  d.bytes_copied = st.bytes_copied;
+  d.stall_seconds = st.gpu_wait_s;
+  for (const HybridLayerStats& l : st.layers) {
+    d.layer_gpu_experts.push_back(l.gpu_experts);
+    d.layer_cpu_experts.push_back(l.cpu_experts);
+  }
+  return d;
+}
+
 namespace {
 double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -268,10 +318,12 @@ absl::StatusOr<std::vector<float>> Session::Evaluate(std::span<const int32_t> to
   if (tokens.empty()) return absl::InvalidArgumentError("no tokens to evaluate");
   std::vector<float> logits;
   const auto t0 = std::chrono::steady_clock::now();
+  const double d0 = impl_->DeviceSeconds();
   MOEX_RETURN_IF_ERROR(impl_->Feed(tokens, true, &logits));
   impl_->stats = Stats{};
   impl_->stats.prompt_tokens = static_cast<int64_t>(tokens.size());
   impl_->stats.prefill_seconds = SecondsSince(t0);
+  impl_->stats.device_prefill_seconds = impl_->DeviceSeconds() - d0;
   return logits;
 }
 
@@ -292,11 +344,14 @@ absl::StatusOr<std::vector<int32_t>> Session::Generate(std::span<const int32_t> 
   std::vector<int32_t> out;
   std::vector<float> logits;
   const auto t0 = std::chrono::steady_clock::now();
+  const double d0 = s.DeviceSeconds();
   MOEX_RETURN_IF_ERROR(s.Feed(prompt, false, &logits));
   s.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
   s.stats.prefill_seconds = SecondsSince(t0);
 
   const auto t1 = std::chrono::steady_clock::now();
+  const double d1 = s.DeviceSeconds();
+  s.stats.device_prefill_seconds = d1 - d0;
   const Tokenizer* tokenizer = s.model->tokenizer.get();
   const int32_t eos = s.model->info.eos_token;
   auto end_of_generation = [&](int32_t t) {
@@ -317,6 +372,7 @@ absl::StatusOr<std::vector<int32_t>> Session::Generate(std::span<const int32_t> 
     MOEX_RETURN_IF_ERROR(s.Feed(one, false, &logits));
   }
   s.stats.decode_seconds = SecondsSince(t1);
+  s.stats.device_decode_seconds = s.DeviceSeconds() - d1;
   return out;
 }
 

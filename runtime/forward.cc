@@ -81,8 +81,15 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
   }
   cur_.resize(n * E);
   ffn_.resize(n * E);
+  if (hybrid_) hybrid_->BeginStep(n, pos0 + n);
   for (int64_t il = 0; il < hp.n_layer; ++il) {
     const LayerWeights& l = w_->layers[il];
+    if (hybrid_) {
+      if (absl::Status st = hybrid_->Dense(il); !st.ok()) {
+        kv_->Truncate(pos0);
+        return st;
+      }
+    }
     for (int64_t t = 0; t < n; ++t) {
       kcpu::RmsNorm(x_.data() + t * E, l.attn_norm.data(), E, hp.rms_eps, cur_.data() + t * E);
     }
@@ -97,7 +104,17 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
       if (observer_) {
         observer_(MoeLayerEvent{il, pos0, n, &routing_, cur_.data(), x_.data()});
       }
-      MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data());
+      if (hybrid_ == nullptr) {
+        MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data());
+      } else if (absl::Status st =
+                     MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data(),
+                                [&](const std::vector<int32_t>& active, const ExpertRun& run) {
+                                  return hybrid_->Moe(il, routing_, cur_.data(), active, run);
+                                });
+                 !st.ok()) {
+        kv_->Truncate(pos0);  // the cache is left as it was
+        return st;
+      }
     } else {
       DenseFfn(l.ffn_gate, l.ffn_up, l.ffn_down, cur_.data(), n, ffn_.data());
     }
@@ -114,6 +131,7 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
   logits->resize(n_out * hp.n_vocab);
   const WeightMatrix& out = w_->output;
   kcpu::MatMul(out.type, out.data, hp.n_vocab, E, cur_.data(), n_out, logits->data());
+  if (hybrid_) return hybrid_->Head();
   return absl::OkStatus();
 }
 

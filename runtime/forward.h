@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "cache/kv_cache.h"
 #include "experts/moe_layer.h"
+#include "runtime/hybrid_run.h"
 #include "runtime/model_weights.h"
 
 namespace moex {
@@ -45,6 +46,9 @@ class Forward {
   absl::Status Eval(std::span<const int32_t> tokens, bool all_logits, std::vector<float>* logits);
 
   void set_routing_observer(RoutingObserver obs) { observer_ = std::move(obs); }
+  // Runs the pass on a device with the hybrid executor (null: the CPU alone). The numbers
+  // are the same either way; the device's clock says how long a GPU would have taken.
+  void set_hybrid(HybridRun* hybrid) { hybrid_ = hybrid; }
 
  private:
   void Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, float* out);
@@ -52,6 +56,7 @@ class Forward {
   const ModelWeights* w_;
   KvCache* kv_;
   RoutingObserver observer_;
+  HybridRun* hybrid_ = nullptr;
   // Scratch reused across calls to keep decode free of allocations.
   std::vector<float> x_, cur_, q_, k_, v_, attn_, ffn_;
   Routing routing_;

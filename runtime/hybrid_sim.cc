@@ -85,33 +85,6 @@ bool MoreBits(int layer, int layers) {
   return layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
 }
 
-// "25%" of `all` slots, or a size ("6GiB", "512MiB", "8GB", "1000000") divided by `slot`.
-absl::StatusOr<int64_t> ParseSlots(const std::string& s, int64_t all, double slot) {
-  std::string t(absl::StripAsciiWhitespace(s));
-  double v = 0;
-  if (!t.empty() && t.back() == '%') {
-    if (!absl::SimpleAtod(t.substr(0, t.size() - 1), &v) || v < 0 || v > 100) {
-      return absl::InvalidArgumentError(absl::StrCat("--gpu-mem '", s, "': a percentage 0-100%"));
-    }
-    return static_cast<int64_t>(std::llround(v / 100.0 * all));
-  }
-  double unit = 1;
-  for (const auto& [suffix, mult] : std::vector<std::pair<std::string, double>>{
-           {"GiB", 1073741824.0}, {"MiB", 1048576.0}, {"GB", 1e9}, {"MB", 1e6}, {"B", 1}}) {
-    if (t.size() > suffix.size() &&
-        t.compare(t.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      unit = mult;
-      t.resize(t.size() - suffix.size());
-      break;
-    }
-  }
-  if (!absl::SimpleAtod(t, &v) || v < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--gpu-mem '", s, "': a size (6GiB, 512MiB, 8GB) or a share of the experts (25%)"));
-  }
-  return std::min<int64_t>(all, static_cast<int64_t>(v * unit / slot));
-}
-
 uint64_t Mix(uint64_t x) {  // splitmix64 finaliser: independent draws from (seed, indices)
   x += 0x9e3779b97f4a7c15ULL;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -196,7 +169,7 @@ absl::StatusOr<SimReport> SimulateTrace(const Trace& trace, const SimOptions& o)
     slots = std::clamp<int64_t>(
         static_cast<int64_t>((gpu.memory_bytes - dense_total) / expert_bytes), 0, all);
   } else {
-    MOEX_ASSIGN_OR_RETURN(slots, ParseSlots(o.gpu_mem, all, expert_bytes));
+    MOEX_ASSIGN_OR_RETURN(slots, ParseSlotBudget(o.gpu_mem, all, expert_bytes));
   }
   if (o.policy == "cpu-only") slots = 0;
   if (o.policy == "gpu-only") slots = all;

@@ -214,6 +214,32 @@ void ParseKv(const Args& a, SessionOptions* s) {
   s->kv_type = a.Str("kv-type", s->kv_type);
 }
 
+std::set<std::string> WithDevice(std::set<std::string> flags) {
+  for (const char* f :
+       {"device", "cpu-profile", "gpu-mem", "moe-policy", "cache-policy", "prefetch"}) {
+    flags.insert(f);
+  }
+  return flags;
+}
+
+void ParseDevice(const Args& a, SessionOptions* s) {
+  s->device = a.Str("device", s->device);
+  s->cpu_profile = a.Str("cpu-profile", s->cpu_profile);
+  s->gpu_mem = a.Str("gpu-mem", s->gpu_mem);
+  s->moe_policy = a.Str("moe-policy", s->moe_policy);
+  s->cache_policy = a.Str("cache-policy", s->cache_policy);
+  s->prefetch = a.Str("prefetch", s->prefetch);
+}
+
+const char kDeviceHelp[] =
+    "  --device D       cpu (default) | sim:PROFILE: a simulated GPU beside this CPU (same\n"
+    "                   tokens; reports the GPU's time; profiles: moex calibrate --list-profiles)\n"
+    "  --cpu-profile C  sim: the CPU side, host (measured, default) or a profile name\n"
+    "  --gpu-mem SIZE   sim: GPU memory for expert slots: 6GiB, 512MiB, 25% (default: all left)\n"
+    "  --moe-policy P   hybrid (default), static-layers, lru-ondemand, cpu-only, gpu-only\n"
+    "  --cache-policy C score, lru, lfu (default: the policy's)\n"
+    "  --prefetch M     impact, score-rank, none (default: the policy's)\n";
+
 void ParseSampling(const Args& a, SamplingOptions* s, std::string* err) {
   s->temperature = static_cast<float>(a.Float("temp", s->temperature, err));
   s->top_k = static_cast<int32_t>(a.Int("top-k", s->top_k, err));

@@ -64,6 +64,13 @@ std::vector<std::vector<int32_t>> TextWindows(const std::vector<int32_t>& ids, i
 // is made).
 void ParseKv(const Args& a, SessionOptions* s);
 
+// --device cpu|sim:PROFILE, --cpu-profile, --gpu-mem, --moe-policy, --cache-policy and
+// --prefetch: the flags and their parsing into the session options (checked when the
+// session is made). The help text for them, shared by run, chat, bench and logits.
+std::set<std::string> WithDevice(std::set<std::string> flags);
+void ParseDevice(const Args& a, SessionOptions* s);
+extern const char kDeviceHelp[];
+
 }  // namespace moex::cli
 
 #endif  // MOEX_TOOLS_ARGS_H_

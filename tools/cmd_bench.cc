@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "moex/info.h"
 #include "moex/moex.h"
 #include "tools/args.h"
@@ -28,7 +29,10 @@ constexpr char kHelp[] =
     "  --reps N          repetitions; the median is reported       (default 3)\n"
     "  --kv-policy SPEC --kv-type T   KV-cache compression, as for run\n"
     "  --json            {\"prefill_tps\",\"decode_tps\",\"bytes_per_token\",\"mem_bw_gbps\",\n"
-    "                     \"bw_fraction\",\"kv_bytes\",...} on stdout\n";
+    "                     \"bw_fraction\",\"kv_bytes\",...} on stdout; with --device sim:P also\n"
+    "                     "
+    "\"sim_prefill_tps\",\"sim_decode_tps\",\"hit_rate\",\"bytes_copied_per_token\",\n"
+    "                     \"stall_ms_per_token\" and the per-layer CPU/GPU split\n";
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -60,13 +64,14 @@ int CmdBench(int argc, char** argv) {
   Args a;
   std::string err;
   if (!a.Parse(argc, argv,
-               {"model", "n-prompt", "prompt", "n-predict", "depth", "reps", "threads", "kv-policy",
-                "kv-type", "ctx-size"},
+               WithDevice({"model", "n-prompt", "prompt", "n-predict", "depth", "reps", "threads",
+                           "kv-policy", "kv-type", "ctx-size"}),
                {"help", "json"}, &err)) {
     return Usage("bench", err);
   }
   if (a.Has("help")) {
     std::fputs(kHelp, stdout);
+    std::fputs(kDeviceHelp, stdout);
     return 0;
   }
   if (a.Str("model").empty()) return Usage("bench", "no model file given (-m MODEL.gguf)");
@@ -91,12 +96,14 @@ int CmdBench(int argc, char** argv) {
   SessionOptions so;
   so.context = a.Int("ctx-size", (depth > 0 ? depth : n_prompt) + n_decode, &err);
   ParseKv(a, &so);
+  ParseDevice(a, &so);
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(info.n_vocab - 1));
   std::vector<int32_t> prompt(depth > 0 ? depth : n_prompt);
   for (int32_t& t : prompt) t = tok(rng);
 
-  std::vector<double> prefill_tps, decode_tps;
+  std::vector<double> prefill_tps, decode_tps, sim_prefill_tps, sim_decode_tps;
+  DeviceStats dev;  // of the last repetition
   int64_t kv_bytes = 0, kv_peak = 0;
   for (int64_t r = 0; r < reps; ++r) {
     absl::StatusOr<std::unique_ptr<Session>> s = (*model)->NewSession(so);
@@ -111,6 +118,9 @@ int CmdBench(int argc, char** argv) {
     prefill_tps.push_back(st.prefill_tps());
     // The first sampled token comes from the prefill; the decode steps are the rest.
     decode_tps.push_back(st.decode_tps());
+    sim_prefill_tps.push_back(st.device_prefill_tps());
+    sim_decode_tps.push_back(st.device_decode_tps());
+    dev = (*s)->device_stats();
     kv_bytes = (*s)->kv_bytes();
     kv_peak = (*s)->kv_peak_bytes();
     if (!a.Has("json")) {
@@ -122,16 +132,38 @@ int CmdBench(int argc, char** argv) {
   const double dec = Median(decode_tps), pre = Median(prefill_tps);
   const double fraction = bw > 0 ? dec * bpt / bw : 0;
   const int threads = mo.threads > 0 ? mo.threads : PhysicalCores();
+  const bool sim = dev.device != "cpu";
+  const double uses = static_cast<double>(dev.hits + dev.misses);
+  const double hit_rate = uses > 0 ? dev.hits / uses : 0;
+  const double per_tok = dev.tokens > 0 ? 1.0 / dev.tokens : 0;
+  std::string sim_json;
+  if (sim) {
+    std::string split;
+    for (size_t l = 0; l < dev.layer_gpu_experts.size(); ++l) {
+      absl::StrAppendFormat(&split, "%s{\"gpu_experts\":%.4f,\"cpu_experts\":%.4f}", l ? "," : "",
+                            dev.layer_gpu_experts[l] * per_tok, dev.layer_cpu_experts[l] * per_tok);
+    }
+    sim_json = absl::StrFormat(
+        ",\"device\":%s,\"moe_policy\":%s,\"cache_policy\":%s,\"prefetch\":%s,"
+        "\"sim_prefill_tps\":%.3f,\"sim_decode_tps\":%.3f,\"hit_rate\":%.4f,"
+        "\"bytes_copied_per_token\":%.0f,\"stall_ms_per_token\":%.4f,\"slots\":%d,"
+        "\"expert_bytes\":%.0f,\"ondemand_copies\":%d,\"prefetch_copies\":%d,"
+        "\"refresh_copies\":%d,\"prefetch_used\":%d,\"layers\":[%s]",
+        JsonString(dev.device), JsonString(dev.moe_policy), JsonString(dev.cache_policy),
+        JsonString(dev.prefetch), Median(sim_prefill_tps), Median(sim_decode_tps), hit_rate,
+        dev.bytes_copied * per_tok, 1e3 * dev.stall_seconds * per_tok, dev.slots, dev.expert_bytes,
+        dev.ondemand_copies, dev.prefetch_copies, dev.refresh_copies, dev.prefetch_used, split);
+  }
   if (a.Has("json")) {
     std::printf(
         "{\"model\":%s,\"threads\":%d,\"n_prompt\":%lld,\"n_decode\":%lld,\"depth\":%lld,"
         "\"reps\":%lld,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"bytes_per_token\":%.0f,"
         "\"mem_bw_gbps\":%.3f,\"bw_fraction\":%.4f,\"decode_bound_tps\":%.3f,"
-        "\"kv_policy\":%s,\"kv_type\":%s,\"kv_bytes\":%lld,\"kv_peak_bytes\":%lld}\n",
+        "\"kv_policy\":%s,\"kv_type\":%s,\"kv_bytes\":%lld,\"kv_peak_bytes\":%lld%s}\n",
         JsonString(a.Str("model")).c_str(), threads, (long long)prompt.size(), (long long)n_decode,
         (long long)depth, (long long)reps, pre, dec, bpt, bw / 1e9, fraction,
         bpt > 0 ? bw / bpt : 0, JsonString(so.kv_policy).c_str(), JsonString(so.kv_type).c_str(),
-        (long long)kv_bytes, (long long)kv_peak);
+        (long long)kv_bytes, (long long)kv_peak, sim_json.c_str());
   } else {
     std::fprintf(stderr, "\n");
     std::printf("%s, %d threads\n", info.path.c_str(), threads);
@@ -143,6 +175,15 @@ int CmdBench(int argc, char** argv) {
         (long long)n_decode, dec, bpt / 1e6, bw / 1e9, bpt > 0 ? bw / bpt : 0, 100 * fraction);
     std::printf("  KV cache: %.2f MB now, peak %.2f MB (%s, %s)\n", kv_bytes / 1e6, kv_peak / 1e6,
                 so.kv_policy.c_str(), so.kv_type.c_str());
+    if (sim) {
+      std::printf(
+          "  on %s (%s, cache %s, prefetch %s, %lld expert slots): prefill %.1f tok/s, decode "
+          "%.2f tok/s; hit rate %.3f, %.1f MB copied and %.3f ms stalled per token\n",
+          dev.device.c_str(), dev.moe_policy.c_str(), dev.cache_policy.c_str(),
+          dev.prefetch.c_str(), (long long)dev.slots, Median(sim_prefill_tps),
+          Median(sim_decode_tps), hit_rate, dev.bytes_copied * per_tok / 1e6,
+          1e3 * dev.stall_seconds * per_tok);
+    }
   }
   return 0;
 }

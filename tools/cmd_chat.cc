@@ -202,13 +202,14 @@ int CmdChat(int argc, char** argv) {
   Args a;
   std::string err;
   if (!a.Parse(argc, argv,
-               WithSampling({"model", "system", "chat-template", "n-predict", "ctx-size", "threads",
-                             "trace"}),
+               WithDevice(WithSampling({"model", "system", "chat-template", "n-predict", "ctx-size",
+                                        "threads", "trace"})),
                {"help", "no-think"}, &err)) {
     return Usage("chat", err);
   }
   if (a.Has("help")) {
     std::fputs(kHelp, stdout);
+    std::fputs(kDeviceHelp, stdout);
     return 0;
   }
   if (a.Str("model").empty()) return Usage("chat", "no model file given (-m MODEL.gguf)");
@@ -218,6 +219,7 @@ int CmdChat(int argc, char** argv) {
   SessionOptions so;
   so.context = a.Int("ctx-size", 0, &err);
   ParseKv(a, &so);
+  ParseDevice(a, &so);
   ModelOptions mo;
   mo.threads = static_cast<int>(a.Int("threads", 0, &err));
   if (!err.empty()) return Usage("chat", err);

@@ -55,12 +55,13 @@ std::unique_ptr<Model> OpenModel(const Args& a, int threads, std::string* err) {
 int CmdLogits(int argc, char** argv) {
   Args a;
   std::string err;
-  if (!a.Parse(argc, argv, {"model", "tokens", "out", "output", "threads", "ctx-size"}, {"help"},
-               &err)) {
+  if (!a.Parse(argc, argv, WithDevice({"model", "tokens", "out", "output", "threads", "ctx-size"}),
+               {"help"}, &err)) {
     return Usage("logits", err);
   }
   if (a.Has("help")) {
     std::fputs(kLogitsHelp, stdout);
+    std::fputs(kDeviceHelp, stdout);
     return 0;
   }
   if (a.Str("model").empty()) return Usage("logits", "no model file given (-m MODEL.gguf)");
@@ -78,6 +79,7 @@ int CmdLogits(int argc, char** argv) {
   if (!model) return Fail("logits", err);
   SessionOptions so;
   so.context = std::max<int64_t>(ctx, static_cast<int64_t>(ids.size()));
+  ParseDevice(a, &so);
   absl::StatusOr<std::unique_ptr<Session>> session = model->NewSession(so);
   if (!session.ok()) return Fail("logits", std::string(session.status().message()));
   absl::StatusOr<std::vector<float>> logits = (*session)->Evaluate(ids);
@@ -104,14 +106,15 @@ int CmdLogits(int argc, char** argv) {
 int CmdRun(int argc, char** argv) {
   Args a;
   std::string err;
-  if (!a.Parse(
-          argc, argv,
-          WithSampling({"model", "tokens", "prompt", "n-predict", "threads", "ctx-size", "trace"}),
-          {"help", "json", "ignore-eos"}, &err)) {
+  if (!a.Parse(argc, argv,
+               WithDevice(WithSampling(
+                   {"model", "tokens", "prompt", "n-predict", "threads", "ctx-size", "trace"})),
+               {"help", "json", "ignore-eos"}, &err)) {
     return Usage("run", err);
   }
   if (a.Has("help")) {
     std::fputs(kRunHelp, stdout);
+    std::fputs(kDeviceHelp, stdout);
     return 0;
   }
   if (a.Str("model").empty()) return Usage("run", "no model file given (-m MODEL.gguf)");
@@ -130,6 +133,7 @@ int CmdRun(int argc, char** argv) {
   SessionOptions so;
   so.context = a.Int("ctx-size", 0, &err);
   ParseKv(a, &so);
+  ParseDevice(a, &so);
   const int threads = static_cast<int>(a.Int("threads", 0, &err));
   if (!err.empty()) return Usage("run", err);
   std::unique_ptr<Model> model = OpenModel(a, threads, &err);
@@ -183,25 +187,33 @@ int CmdRun(int argc, char** argv) {
   }
   if (!json && stream) std::fputs(stream->Flush().c_str(), stdout);
   const Stats& st = (*session)->stats();
+  const DeviceStats dev = (*session)->device_stats();
   if (json) {
     std::printf(
         "{\"model\":%s,\"prompt_tokens\":%lld,\"tokens\":[%s],\"text\":%s,"
         "\"generated_tokens\":%lld,\"prefill_seconds\":%.6f,\"decode_seconds\":%.6f,"
         "\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"threads\":%d,\"kv_bytes\":%lld,"
-        "\"kv_peak_bytes\":%lld}\n",
+        "\"kv_peak_bytes\":%lld,\"device\":%s,\"device_prefill_tps\":%.3f,"
+        "\"device_decode_tps\":%.3f,\"hit_rate\":%.4f}\n",
         JsonString(m.info().path).c_str(), static_cast<long long>(st.prompt_tokens),
         absl::StrJoin(*out, ",").c_str(), JsonString(m.Detokenize(*out)).c_str(),
         static_cast<long long>(st.generated_tokens), st.prefill_seconds, st.decode_seconds,
         st.prefill_tps(), st.decode_tps(),
         static_cast<int>(a.Int("threads", PhysicalCores(), &err)),
         static_cast<long long>((*session)->kv_bytes()),
-        static_cast<long long>((*session)->kv_peak_bytes()));
+        static_cast<long long>((*session)->kv_peak_bytes()), JsonString(dev.device).c_str(),
+        st.device_prefill_tps(), st.device_decode_tps(),
+        dev.hits + dev.misses > 0 ? static_cast<double>(dev.hits) / (dev.hits + dev.misses) : 0.0);
   } else {
     std::printf("\n");
     std::fprintf(stderr,
                  "moex run: prompt %lld tokens at %.1f tokens/s, generated %lld at %.1f tokens/s\n",
                  static_cast<long long>(st.prompt_tokens), st.prefill_tps(),
                  static_cast<long long>(st.generated_tokens), st.decode_tps());
+    if (dev.device != "cpu") {
+      std::fprintf(stderr, "moex run: on %s: prompt at %.1f tokens/s, generated at %.1f tokens/s\n",
+                   dev.device.c_str(), st.device_prefill_tps(), st.device_decode_tps());
+    }
   }
   return 0;
 }

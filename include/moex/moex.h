@@ -39,6 +39,18 @@ struct SessionOptions {
   // KV-cache compression: "full", or "streaming|h2o|snapkv[:budget=N|F,window=N,sinks=N,
   // pool=N]" with a budget in tokens per KV head or as a fraction of the context.
   std::string kv_policy = "full";
+
+  // Where the model runs: "cpu" (default), or "sim:PROFILE", a simulated GPU of that
+  // profile beside this CPU: the numbers are computed on the CPU exactly as with "cpu", and
+  // the device clock says how long the GPU and CPU together would take (Stats's device_*,
+  // device_stats(); docs/DEVICE.md, docs/HYBRID.md). A real GPU ("cuda") is not yet used.
+  std::string device = "cpu";
+  std::string cpu_profile;  // sim: the host side: "host" (this machine, measured) or a name
+  std::string gpu_mem;      // sim: GPU memory for expert slots ("6GiB", "25%" of the experts);
+                            // empty: all that is left after weights and KV
+  std::string moe_policy = "hybrid";  // hybrid, static-layers, lru-ondemand, cpu-only, gpu-only
+  std::string cache_policy;           // score, lru, lfu (empty: the policy's own)
+  std::string prefetch;               // impact, score-rank, none (empty: the policy's own)
 };
 
 struct SamplingOptions {
@@ -66,6 +78,31 @@ struct Stats {
   double decode_seconds = 0;
   double prefill_tps() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0; }
   double decode_tps() const { return decode_seconds > 0 ? generated_tokens / decode_seconds : 0; }
+  // The same phases on the device's clock (a simulated device's virtual time); 0 on cpu.
+  double device_prefill_seconds = 0;
+  double device_decode_seconds = 0;
+  double device_prefill_tps() const {
+    return device_prefill_seconds > 0 ? prompt_tokens / device_prefill_seconds : 0;
+  }
+  double device_decode_tps() const {
+    return device_decode_seconds > 0 ? generated_tokens / device_decode_seconds : 0;
+  }
+};
+
+// What the hybrid executor did since the session started (all zero on cpu).
+struct DeviceStats {
+  std::string device = "cpu";  // "sim:rtx4060-8g"
+  std::string moe_policy, cache_policy, prefetch;
+  double seconds = 0;  // the device clock
+  int64_t steps = 0, tokens = 0;
+  int64_t slots = 0;             // expert slots in GPU memory
+  double expert_bytes = 0;       // one expert (layer 0)
+  int64_t hits = 0, misses = 0;  // routed-expert uses found resident on the GPU, or not
+  int64_t ondemand_copies = 0, prefetch_copies = 0, refresh_copies = 0;
+  int64_t prefetch_used = 0;  // copied ahead (prefetch or refresh), then used by its layer
+  double bytes_copied = 0;
+  double stall_seconds = 0;                                   // the GPU waiting for copies
+  std::vector<int64_t> layer_gpu_experts, layer_cpu_experts;  // expert runs per layer
 };
 
 // Called with each generated token; return false to stop generating (cancellation).
@@ -139,6 +176,7 @@ class Session {
   int64_t kv_bytes() const;
   int64_t kv_peak_bytes() const;
   const Stats& stats() const;
+  DeviceStats device_stats() const;
 
  private:
   friend class Model;
