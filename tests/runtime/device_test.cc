@@ -348,6 +348,7 @@ TEST(ProfilesTest, ErrorsNameFileLineAndKey) {
   EXPECT_THAT(m, HasSubstr("my.ini:8:"));
   EXPECT_THAT(m, HasSubstr("unknown key 'colour'"));
   EXPECT_THAT(m, HasSubstr("[gpu x]"));
+  EXPECT_THAT(m, HasSubstr("known: memory_gib, pcie_gbps"));
 
   m = ParseError("[gpu x]\nmemory_gib = 2\n\n[cpu y]\n");
   EXPECT_THAT(m, HasSubstr("my.ini:1:"));  // the section that lacks keys
@@ -371,6 +372,10 @@ TEST(ProfilesTest, ErrorsNameFileLineAndKey) {
   EXPECT_THAT(ParseError("[gpu x]\njust words\n"), HasSubstr("my.ini:2: expected 'key = value'"));
   EXPECT_THAT(ParseError("[gpu x]\ntflops = 1\ntflops = 2\n"), HasSubstr("given twice"));
   EXPECT_THAT(ParseError(std::string(kGoodGpu) + kGoodGpu), HasSubstr("defined twice"));
+  // A misspelt key is reported as unknown, not as the key it should have been missing.
+  EXPECT_THAT(ParseError("[cpu y]\nmem_gbps = 1\ngflop = 2\ncores = 3\noverhead_us = 0\n"),
+              HasSubstr("my.ini:3: [cpu y] unknown key 'gflop'"));
+  EXPECT_THAT(ParseError("[cpu y]\ncores = 9999999999\n"), HasSubstr("out of range"));
 }
 
 TEST(ProfilesTest, UserProfilesAddAndReplace) {

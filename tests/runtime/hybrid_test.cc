@@ -289,11 +289,57 @@ TEST(IniTest, SectionsEntriesAndErrors) {
   EXPECT_THAT(std::string(r.Finish().message()), HasSubstr("f.ini:4: [shape a] unknown key 'y'"));
   EXPECT_THAT(std::string(r.Integer("y", &x).message()), HasSubstr("'two' is not an integer"));
   EXPECT_THAT(std::string(ParseIni("a = 1\n", "g").status().message()),
-              HasSubstr("g:1: a value outside"));
+              HasSubstr("g:1: key 'a' before any [KIND NAME] section"));
   EXPECT_THAT(std::string(ParseIni("[a b]\nk=1\nk=2\n", "g").status().message()),
-              HasSubstr("g:3: key 'k' given twice"));
+              HasSubstr("g:3: key 'k' given twice in [a b]"));
   EXPECT_THAT(std::string(ParseIni("[ab]\n", "g").status().message()),
-              HasSubstr("kind and a name"));
+              HasSubstr("the name is missing"));
+  EXPECT_THAT(std::string(ParseIni("[a b]\n[a b]\n", "g").status().message()),
+              HasSubstr("g:2: [a b] is defined twice in this file (first at line 1)"));
+  EXPECT_TRUE(ParseIni("[a b]\n[c b]\n", "g").ok());  // the same name, another kind
+}
+
+TEST(IniTest, FormatKindsAndNames) {
+  const IniFormat f{.kinds = {"gpu", "cpu"}, .plain_names = true};
+  EXPECT_TRUE(ParseIni("[gpu a-1_b.c]\n[cpu x]\n", "f", f).ok());
+  EXPECT_THAT(std::string(ParseIni("[tpu z]\n", "f", f).status().message()),
+              HasSubstr("f:1: section '[tpu z]': expected [gpu NAME] or [cpu NAME]"));
+  EXPECT_THAT(std::string(ParseIni("[gpu a b]\n", "f", f).status().message()),
+              HasSubstr("the name must be letters"));
+  EXPECT_THAT(std::string(ParseIni("\nk = 1\n", "f", f).status().message()),
+              HasSubstr("f:2: key 'k' before any [gpu NAME] or [cpu NAME] section"));
+}
+
+TEST(IniTest, RangesAndKnownKeys) {
+  auto s = ParseIni("[t a]\npos = 0\nnn = -1e-3\nbad = nan\nint = 7\nbig = 3000000000\nneg = -2\n",
+                    "f.ini");
+  ASSERT_TRUE(s.ok()) << s.status();
+  IniReader r((*s)[0], "f.ini");
+  double d = 0;
+  EXPECT_THAT(std::string(r.Number("pos", &d, false, IniRange::kPositive).message()),
+              HasSubstr("f.ini:2: [t a] key 'pos': 0 must be > 0"));
+  EXPECT_TRUE(r.Number("pos", &d, false, IniRange::kNonNegative).ok());
+  EXPECT_THAT(std::string(r.Number("nn", &d, false, IniRange::kNonNegative).message()),
+              HasSubstr("must be >= 0"));
+  EXPECT_THAT(std::string(r.Number("bad", &d).message()), HasSubstr("'nan' is not a number"));
+  int32_t i32 = 0;
+  int64_t i64 = 0;
+  EXPECT_TRUE(r.Integer("int", &i32, false, IniRange::kPositive).ok());
+  EXPECT_EQ(i32, 7);
+  EXPECT_TRUE(r.Integer("big", &i64).ok());
+  EXPECT_EQ(i64, 3000000000);
+  EXPECT_THAT(std::string(r.Integer("big", &i32).message()), HasSubstr("out of range"));
+  EXPECT_EQ(i32, 7);  // unchanged on error
+  EXPECT_THAT(std::string(r.Integer("neg", &i64, false, IniRange::kPositive).message()),
+              HasSubstr("key 'neg': '-2' is not a positive integer"));
+  EXPECT_THAT(std::string(r.Integer("pos", &i64, false, IniRange::kPositive).message()),
+              HasSubstr("is not a positive integer"));
+  EXPECT_TRUE(r.Finish().ok());
+  IniReader r2((*s)[0], "f.ini");
+  EXPECT_TRUE(r2.Number("pos", &d, true).ok());
+  EXPECT_TRUE(r2.Number("other", &d, true).ok());
+  EXPECT_THAT(std::string(r2.Finish().message()),
+              HasSubstr("f.ini:3: [t a] unknown key 'nn' (known: pos, other)"));
 }
 
 TEST(ModelShapesTest, EveryIssueShapeIsBuiltIn) {
