@@ -296,29 +296,32 @@ absl::Status HybridMoe::RunMoe(const LayerInput& in, const ExpertFn& fn) {
 
 absl::Status HybridMoe::Refresh(int32_t layer, double t0) {
   // Only into an idle link: these copies pay off over later tokens, never at the expense of
-  // a copy this layer or the next wait for.
+  // a copy this layer or the next wait for. Into the layer that just ran: its next use is a
+  // whole step away, time for the copy to land (an expert copied into the next layer would
+  // often still be in flight when it is needed, and have evicted one that was there), and
+  // its scores have just been updated. One layer per call: scanning every layer at every
+  // layer would cost more host time than the copies save on a 48-layer, 128-expert model.
   if (device_->StreamTime(link_) > t0) return absl::OkStatus();
-  for (int32_t d = 1; d <= o_.num_layers; ++d) {
-    const int32_t l = (layer + d) % o_.num_layers;
-    int32_t best = -1;
-    double best_value = 0;
-    for (int32_t e = 0; e < o_.num_experts; ++e) {
-      if (cache_.Resident(l, e)) continue;
-      const double v = cache_.KeepValue(l, e);
-      if (v > best_value) best = e, best_value = v;
-    }
-    if (best < 0) continue;
-    auto victim = cache_.ChooseVictim(l, best);
-    if (!victim.ok() || (*victim >= 0 && cache_.KeepValue(l, *victim) >= best_value)) continue;
-    MOEX_RETURN_IF_ERROR(cache_.Insert(l, best).status());
-    cache_.Pin(l, best);  // until its layer next runs, like a prefetch
-    MOEX_RETURN_IF_ERROR(CopyExpert(device_, link_, cost_.shape().bytes));
-    MOEX_ASSIGN_OR_RETURN(Event landed, device_->Record(link_));
-    in_flight_[l].push_back(InFlight{best, landed});
-    ++stats_.refresh_copies;
-    stats_.bytes_copied += cost_.shape().bytes;
+  const int32_t l = layer;
+  int32_t best = -1;
+  double best_value = 0;
+  for (int32_t e = 0; e < o_.num_experts; ++e) {
+    if (cache_.Resident(l, e)) continue;
+    const double v = cache_.KeepValue(l, e);
+    if (v > best_value) best = e, best_value = v;
+  }
+  if (best < 0) return absl::OkStatus();
+  auto victim = cache_.ChooseVictim(l, best);
+  if (!victim.ok() || (*victim >= 0 && cache_.KeepValue(l, *victim) >= best_value)) {
     return absl::OkStatus();
   }
+  MOEX_RETURN_IF_ERROR(cache_.Insert(l, best).status());
+  cache_.Pin(l, best);  // until its layer next runs, like a prefetch
+  MOEX_RETURN_IF_ERROR(CopyExpert(device_, link_, cost_.shape().bytes));
+  MOEX_ASSIGN_OR_RETURN(Event landed, device_->Record(link_));
+  in_flight_[l].push_back(InFlight{best, landed});
+  ++stats_.refresh_copies;
+  stats_.bytes_copied += cost_.shape().bytes;
   return absl::OkStatus();
 }
 

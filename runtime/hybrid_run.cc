@@ -57,7 +57,9 @@ absl::StatusOr<std::unique_ptr<HybridRun>> HybridRun::Create(const ModelWeights&
   run->expert_bytes_ = expert_bytes;
   // What stays on the GPU beside the expert slots: every layer's attention, norms, router
   // and shared expert, the output head, and the KV cache (f16) of the context.
-  double dense_total = Bytes(w.output) + Bytes(w.tok_embd);
+  // The token embedding stays in host memory (a row gathered per token); the output head
+  // (the same tensor when tied) is on the GPU.
+  double dense_total = Bytes(w.output);
   for (const LayerWeights& l : w.layers) {
     const double b = Bytes(l.wq) + Bytes(l.wk) + Bytes(l.wv) + Bytes(l.wo) + Bytes(l.moe.router) +
                      Bytes(l.moe.shared_gate) + Bytes(l.moe.shared_up) + Bytes(l.moe.shared_down) +

@@ -156,13 +156,13 @@ absl::StatusOr<SimReport> SimulateTrace(const Trace& trace, const SimOptions& o)
   const double shared_bytes = 3.0 * m.hidden * m.shared_ffn * q.base / 8;
   const double router_bytes = 4.0 * m.hidden * E;
   const double dense_ffn_bytes = 3.0 * m.hidden * m.dense_ffn * q.base / 8;
-  const double embd_bytes = static_cast<double>(m.vocab) * m.hidden * q.base / 8;
   const double head_bytes = static_cast<double>(m.vocab) * m.hidden * q.head / 8;
   const double kv_bytes = 2.0 * kv_dim * total_layers * (o.context + o.prefill_tokens);
   constexpr double kWorkspace = 256.0 * 1048576;  // activations, scratch, CUDA context slack
+  // The token embedding stays in host memory (one row per token is gathered there, as
+  // llama.cpp does); everything else dense lives on the GPU.
   const double dense_total = attn_bytes_total + L * (shared_bytes + router_bytes) +
-                             m.dense_layers * dense_ffn_bytes + embd_bytes + head_bytes + kv_bytes +
-                             kWorkspace;
+                             m.dense_layers * dense_ffn_bytes + head_bytes + kv_bytes + kWorkspace;
   const int64_t all = int64_t{L} * E;
   int64_t slots = 0;
   if (o.gpu_mem.empty()) {

@@ -24,17 +24,19 @@ class Engine {
  public:
   // Books `duration` seconds starting no earlier than `ready`; returns the end time.
   double Book(double ready, double duration) {
+    // Intervals are sorted and disjoint, so their ends are sorted too: skip those that end
+    // by `ready` with a binary search (a long run books tens of thousands between barriers).
+    auto it =
+        std::upper_bound(busy_.begin(), busy_.end(), ready,
+                         [](double t, const std::pair<double, double>& x) { return t < x.second; });
     double start = ready;
-    size_t i = 0;
-    for (; i < busy_.size(); ++i) {
-      const auto& [b, e] = busy_[i];
-      if (e <= start) continue;
+    for (; it != busy_.end(); ++it) {
+      const auto& [b, e] = *it;
       if (b >= start + duration) break;  // fits in the gap before this interval
-      start = e;
+      start = std::max(start, e);
     }
     // Keep the list sorted: the new interval goes before the first one starting after it.
-    auto pos = std::lower_bound(busy_.begin(), busy_.end(), std::make_pair(start, start));
-    busy_.insert(pos, {start, start + duration});
+    busy_.insert(it, {start, start + duration});
     return start + duration;
   }
   // Nothing can start before `t` any more (a barrier passed): forget what ended by then.
@@ -104,6 +106,7 @@ class SimDevice : public Device {
     } else {
       clocks_[stream] =
           gpu_engine_.Book(clocks_[stream], GpuKernelSeconds(gpu_, cost.bytes, cost.flops));
+      Prune();
     }
     return absl::OkStatus();
   }
@@ -178,7 +181,19 @@ class SimDevice : public Device {
     }
     if (bytes > 0 && dst != nullptr) std::memcpy(dst, src, static_cast<size_t>(bytes));
     clocks_[stream] = link->Book(clocks_[stream], CopySeconds(gpu_, static_cast<double>(bytes)));
+    Prune();
     return absl::OkStatus();
+  }
+
+  // No operation starts before the earliest stream clock, so the engines can forget what
+  // ended by then; without it the busy lists of a long run between barriers grow without
+  // bound. Every 256 bookings keeps the cost negligible.
+  void Prune() {
+    if (++bookings_ % 256 != 0) return;
+    const double t = *std::min_element(clocks_.begin(), clocks_.end());
+    h2d_.Forget(t);
+    d2h_.Forget(t);
+    gpu_engine_.Forget(t);
   }
 
   const GpuProfile gpu_;
@@ -191,6 +206,7 @@ class SimDevice : public Device {
   double floor_ = 0;            // the last barrier (Synchronize)
   uint64_t serial_ = 0;
   Engine h2d_, d2h_, gpu_engine_;
+  uint64_t bookings_ = 0;
 };
 
 absl::Status CheckGpuProfile(const GpuProfile& g) {
