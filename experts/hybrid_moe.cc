@@ -111,8 +111,24 @@ absl::StatusOr<std::unique_ptr<HybridMoe>> HybridMoe::Create(const HybridMoeOpti
       break;
   }
   const bool fixed_slots = !slots.empty();
-  if (o.cache_policy && !fixed_slots) cache_policy = *o.cache_policy;
-  if (o.prefetch && o.policy == MoePolicy::kHybrid) prefetch = *o.prefetch;
+  // A knob the policy cannot honour is an error, not silently ignored.
+  if (o.cache_policy) {
+    if (fixed_slots) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--cache-policy does not apply to --moe-policy ", MoePolicyName(o.policy),
+                       " (its placement is fixed)"));
+    }
+    cache_policy = *o.cache_policy;
+  }
+  if (o.prefetch && *o.prefetch != PrefetchMode::kNone) {
+    if (fixed_slots || cache_policy == ExpertCachePolicy::kStatic) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--prefetch needs a cache that admits experts; --moe-policy ", MoePolicyName(o.policy),
+          " with cache ", ExpertCachePolicyName(cache_policy), " never changes what is resident"));
+    }
+  }
+  if (o.prefetch) prefetch = *o.prefetch;
+  if (cache_policy == ExpertCachePolicy::kStatic && !o.prefetch) prefetch = PrefetchMode::kNone;
   if (!fixed_slots) {
     slots = o.slot_weights.empty()
                 ? SplitSlotsEvenly(o.slot_budget, o.num_layers, o.num_experts)

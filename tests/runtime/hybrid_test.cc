@@ -267,6 +267,19 @@ TEST(HybridMoeTest, GpuOnlyNeedsRoomForEveryExpert) {
   h = HybridMoe::Create(o, Cost(), dev->get());
   ASSERT_TRUE(h.ok()) << h.status();
   EXPECT_TRUE((*h)->cache().Resident(1, 7));
+  // Knobs a policy cannot honour are errors.
+  o.cache_policy = ExpertCachePolicy::kLfu;
+  EXPECT_THAT(std::string(HybridMoe::Create(o, Cost(), dev->get()).status().message()),
+              HasSubstr("--cache-policy does not apply to --moe-policy gpu-only"));
+  o.cache_policy.reset();
+  o.policy = MoePolicy::kStaticLayers;
+  o.prefetch = PrefetchMode::kImpact;
+  EXPECT_THAT(std::string(HybridMoe::Create(o, Cost(), dev->get()).status().message()),
+              HasSubstr("--prefetch needs a cache that admits experts"));
+  o.policy = MoePolicy::kLruOnDemand;  // an admitting cache: prefetch is honoured
+  h = HybridMoe::Create(o, Cost(), dev->get());
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ((*h)->prefetch(), PrefetchMode::kImpact);
   EXPECT_TRUE(ParseMoePolicy("hybrid").ok());
   EXPECT_THAT(std::string(ParseMoePolicy("gpu").status().message()), HasSubstr("static-layers"));
 }
