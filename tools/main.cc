@@ -1,4 +1,7 @@
 // moex: the command-line tool. Built on the public API (include/moex) only.
+#include <signal.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -34,9 +37,25 @@ constexpr char kUsage[] =
     "\n"
     "Run `moex <command> --help` for the flags of one command.\n";
 
+// Model files are mapped, not read: if one is truncated (or replaced in place) while moex
+// uses it, touching a page past its new end raises SIGBUS. Say so in one line instead of
+// "Bus error". Only async-signal-safe calls here; the exit code stays 128 + SIGBUS.
+void OnSigbus(int) {
+  static const char kMsg[] =
+      "moex: a mapped model file was truncated or changed while in use (SIGBUS); reopen it "
+      "after it is complete\n";
+  ssize_t unused = write(STDERR_FILENO, kMsg, sizeof(kMsg) - 1);
+  (void)unused;
+  _exit(128 + SIGBUS);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  struct sigaction sa = {};
+  sa.sa_handler = OnSigbus;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, nullptr);
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
       !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
