@@ -4,8 +4,9 @@
 // Byte 0 picks the reader (moex's binary trace, the CSV import, the Mixtral JSON-lines
 // import) and the expert count given to the imports; the rest is the file, written to a
 // memfd and read by path as a real file is. An accepted trace is analysed (SRP, SCH,
-// policy replay) when it is small, so a reader that lets inconsistent shapes through shows
-// up as an ASan report in the analysis.
+// policy replay, the recorded predictor guesses of a version-2 file, token grouping) when
+// it is small, so a reader that lets inconsistent shapes through shows up as an ASan report
+// in the analysis. Seed binary_trace_predictions has a predictions section.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -68,6 +69,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   moex::LrcOptions options;
   options.segment_lengths = {1, 4};
+  options.group_sizes = {1, 3};
+  options.group_chunk = 5;  // several chunks even in a small trace
   options.threads = 1;
   absl::StatusOr<moex::LrcReport> report = moex::AnalyzeTrace(*trace, options);
   (void)report;

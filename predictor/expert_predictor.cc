@@ -106,14 +106,19 @@ void PredictorMeter::OnLayer(int64_t layer, int64_t n, const float* moe_input,
   // 3. Guess the later layers' experts from this layer's hidden states.
   for (int d = 1; d <= D && layer + d < n_layer_; ++d) {
     const PredictorLayer& target = layers_[layer + d];
-    GateTopK(target.router, moe_input, n, k_, &pending_[(0 * (D + 1) + d) * n_layer_ + layer + d]);
+    std::vector<int32_t>& gate = pending_[(0 * (D + 1) + d) * n_layer_ + layer + d];
+    GateTopK(target.router, moe_input, n, k_, &gate);
     normed_.resize(n * n_embd_);
     for (int64_t t = 0; t < n; ++t) {
       kcpu::RmsNorm(residual + t * n_embd_, target.ffn_norm, n_embd_, eps_,
                     normed_.data() + t * n_embd_);
     }
-    GateTopK(target.router, normed_.data(), n, k_,
-             &pending_[(1 * (D + 1) + d) * n_layer_ + layer + d]);
+    std::vector<int32_t>& resid = pending_[(1 * (D + 1) + d) * n_layer_ + layer + d];
+    GateTopK(target.router, normed_.data(), n, k_, &resid);
+    if (sink_) {
+      sink_(0, d, layer + d, n, gate.data());
+      sink_(1, d, layer + d, n, resid.data());
+    }
   }
 }
 

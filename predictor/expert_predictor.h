@@ -17,6 +17,7 @@
 #define MOEX_PREDICTOR_EXPERT_PREDICTOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -57,6 +58,13 @@ class PredictorMeter {
   // Forgets the previous token (a new sequence starts); keeps the statistics.
   void NewSequence();
 
+  // Receives each cross-layer guess as OnLayer makes it (for recording in a trace):
+  // predictor 0 or 1 (kNames), the distance, the layer guessed, and k ids per token of the
+  // batch, best first (valid during the call). Empty: none.
+  using GuessSink = std::function<void(int predictor, int distance, int64_t layer, int64_t n_tokens,
+                                       const int32_t* ids)>;
+  void set_guess_sink(GuessSink sink) { sink_ = std::move(sink); }
+
   struct Score {
     double recall_sum = 0;
     int64_t samples = 0;
@@ -87,6 +95,7 @@ class PredictorMeter {
   std::vector<std::vector<int32_t>> last_token_;  // per layer: previous token's k ids
   std::vector<std::vector<int64_t>> counts_;      // per layer: uses of each expert so far
   std::vector<float> normed_;                     // scratch
+  GuessSink sink_;
 };
 
 }  // namespace moex

@@ -32,6 +32,10 @@ constexpr char kHelp[] =
     "  --bootstrap N  95% intervals from N resamples of the sequences        (default: 0)\n"
     "  --seed N       bootstrap seed                                          (default: 1)\n"
     "  --no-policies  skip the LRU / LFU / score / Belady replay\n"
+    "  --no-predictors  skip the predictor accuracy (recorded guesses, previous-token,\n"
+    "                 frequency)\n"
+    "  --group LIST   token grouping for prefill: micro-batch sizes    (default: 16,64; 0: off)\n"
+    "  --group-chunk N  prefill chunk the tokens are grouped within     (default: 1024)\n"
     "  --json         one JSON object on stdout (schema: docs/TRACE_FORMAT.md)\n"
     "  --csv DIR      srp.csv, sch.csv, policies.csv, load.csv, stats.csv into DIR\n"
     "  --plot F.svg   SRP by layer, SCH and policy hit rates against cache size, load map\n"
@@ -94,7 +98,21 @@ void JsonFigures(const LrcReport& r, const LrcFigures& f, bool layer, std::strin
                   ",\"load_entropy_norm\":", Num(f.load_entropy_norm),
                   ",\"reuse_prev_token\":", Num(f.reuse_prev_token),
                   ",\"coactivation_topk_share\":",
-                  f.coactivation_topk_share < 0 ? "null" : Num(f.coactivation_topk_share), "}");
+                  f.coactivation_topk_share < 0 ? "null" : Num(f.coactivation_topk_share));
+  if (!f.predictors.empty()) {
+    std::vector<std::string> preds;
+    for (const PredictorFigures& p : f.predictors) {
+      std::vector<std::string> ds;
+      for (size_t d = 0; d < p.by_distance.size(); ++d) {
+        const PredictorScore& sc = p.by_distance[d];
+        ds.push_back(absl::StrCat("\"", d + 1, "\":{\"recall\":", Num(sc.recall), ",\"precision\":",
+                                  Num(sc.precision), ",\"samples\":", sc.samples, "}"));
+      }
+      preds.push_back(absl::StrCat(JsonString(p.name), ":{", absl::StrJoin(ds, ","), "}"));
+    }
+    absl::StrAppend(o, ",\"predictors\":{", absl::StrJoin(preds, ","), "}");
+  }
+  absl::StrAppend(o, "}");
 }
 
 std::string Json(const LrcReport& r) {
@@ -109,7 +127,19 @@ std::string Json(const LrcReport& r) {
     if (l) o += ",";
     JsonFigures(r, r.layers[l], true, &o);
   }
-  o += "]}\n";
+  o += "]";
+  std::vector<std::string> recorded;
+  for (const std::string& name : r.header.predictors) recorded.push_back(JsonString(name));
+  absl::StrAppend(&o, ",\"recorded_predictors\":[", absl::StrJoin(recorded, ","),
+                  "],\"predict_distance\":", r.header.predict_distance);
+  std::vector<std::string> groups;
+  for (const TokenGroupingFigures& g : r.token_grouping) {
+    groups.push_back(absl::StrCat("\"", g.batch, "\":{\"before\":", Num(g.distinct_before),
+                                  ",\"after\":", Num(g.distinct_after),
+                                  ",\"micro_batches\":", g.micro_batches, ",\"tokens\":", g.tokens,
+                                  ",\"chunks\":", g.chunks, "}"));
+  }
+  absl::StrAppend(&o, ",\"token_grouping\":{", absl::StrJoin(groups, ","), "}}\n");
   return o;
 }
 
@@ -156,6 +186,36 @@ std::string Tables(const LrcReport& r) {
                         "experts reused %.3f; next-layer co-activation top-k share %.3f\n\n",
                         r.model.load_max_over_mean, r.model.load_entropy_norm,
                         r.model.reuse_prev_token, r.model.coactivation_topk_share);
+  if (!r.model.predictors.empty()) {
+    size_t dmax = 0;
+    for (const PredictorFigures& p : r.model.predictors)
+      dmax = std::max(dmax, p.by_distance.size());
+    o += "predictors: recall@k / precision of the guesses for layer l made d layers before it\n";
+    absl::StrAppendFormat(&o, "  %-24s", "predictor");
+    for (size_t d = 1; d <= dmax; ++d) absl::StrAppendFormat(&o, "  %-15s", absl::StrCat("d=", d));
+    o += "\n";
+    for (const PredictorFigures& p : r.model.predictors) {
+      absl::StrAppendFormat(&o, "  %-24s", absl::StrCat(p.name, p.recorded ? "" : " *"));
+      for (const PredictorScore& sc : p.by_distance) {
+        absl::StrAppendFormat(&o, "  %s / %s", Fmt(sc.recall), Fmt(sc.precision));
+      }
+      o += "\n";
+    }
+    o += "  (* computed from the routing; the others were recorded with the trace)\n\n";
+  }
+  if (!r.token_grouping.empty()) {
+    absl::StrAppendFormat(&o,
+                          "token grouping for prefill: mean distinct experts per micro-batch and "
+                          "layer, %d tokens in %d chunks\n",
+                          r.token_grouping[0].tokens, r.token_grouping[0].chunks);
+    for (const TokenGroupingFigures& g : r.token_grouping) {
+      absl::StrAppendFormat(
+          &o, "  B=%-5d in order %7.3f  grouped %7.3f  (%+.1f%%)\n", g.batch, g.distinct_before,
+          g.distinct_after,
+          g.distinct_before > 0 ? 100 * (g.distinct_after / g.distinct_before - 1) : 0.0);
+    }
+    o += "\n";
+  }
   // Per layer: SRP for each m; SCH at the second m (16 by default) and the policies at 2k.
   const size_t mi = ms.size() > 1 ? 1 : 0;
   const int c2 = std::min(2 * k, r.header.num_experts);
@@ -436,8 +496,9 @@ int CmdLrc(int argc, char** argv) {
   Args a;
   std::string err;
   if (!a.Parse(argc, argv,
-               {"m", "csv", "plot", "bootstrap", "experts", "format", "seed", "threads"},
-               {"help", "json", "no-policies"}, &err)) {
+               {"m", "csv", "plot", "bootstrap", "experts", "format", "seed", "threads", "group",
+                "group-chunk"},
+               {"help", "json", "no-policies", "no-predictors"}, &err)) {
     return Usage("lrc", err);
   }
   if (a.Has("help")) {
@@ -458,6 +519,18 @@ int CmdLrc(int argc, char** argv) {
       opt.segment_lengths.push_back(m);
     }
   }
+  if (a.Has("group")) {
+    opt.group_sizes.clear();
+    std::vector<int32_t> bs;
+    if (!ParseIdList(a.Str("group"), &bs) || bs.empty()) {
+      return Usage("lrc", "--group needs a comma-separated list of micro-batch sizes");
+    }
+    for (int32_t b : bs) {
+      if (b < 0 || b > 65536) return Usage("lrc", absl::StrCat("micro-batch size ", b));
+      if (b > 0) opt.group_sizes.push_back(b);
+    }
+  }
+  const int64_t group_chunk = a.Int("group-chunk", 1024, &err);
   const int64_t boot = a.Int("bootstrap", 0, &err);
   const int64_t experts = a.Int("experts", 0, &err);
   opt.seed = a.Int("seed", 1, &err);
@@ -467,6 +540,10 @@ int CmdLrc(int argc, char** argv) {
   if (experts < 0 || experts > 65535) return Usage("lrc", "--experts must be in 1..65535");
   opt.bootstrap = boot;
   opt.policies = !a.Has("no-policies");
+  opt.predictors = !a.Has("no-predictors");
+  if (group_chunk < 1 || group_chunk > 65536)
+    return Usage("lrc", "--group-chunk must be in 1..65536");
+  opt.group_chunk = static_cast<int32_t>(group_chunk);
   const auto t0 = std::chrono::steady_clock::now();
   Trace merged;
   if (!LoadTraces(a.positionals(), a.Str("format"), experts, /*load_probs=*/true, &merged, &err)) {

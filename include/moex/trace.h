@@ -32,7 +32,17 @@ struct TraceHeader {
   int32_t num_layers = 0;  // MoE layers, numbered 0..num_layers-1
   bool has_weights = false;
   bool has_probs = false;  // full router probabilities (files only; see ReadTraceOptions)
+  // Recorded predictor guesses (format version 2; empty: none). Each guess of layer l made
+  // d layers earlier (d = 1..predict_distance, l >= d) holds predict_size expert ids, best
+  // first; predict_size 0 means top_k. Layers l < d have no guess (nothing runs before).
+  std::vector<std::string> predictors;
+  int32_t predict_distance = 0;
+  int32_t predict_size = 0;
+  int32_t guess_size() const { return predict_size > 0 ? predict_size : top_k; }
 };
+
+// A missing guess in Trace::predictions (a layer with no layer d before it).
+inline constexpr uint16_t kNoGuess = 0xFFFF;
 
 // A whole trace in memory. Token t of the trace (over all sequences, in order) in layer l
 // chose experts[(t * num_layers + l) * top_k + j], j < top_k; weights likewise when
@@ -44,7 +54,15 @@ struct Trace {
   std::vector<uint16_t> experts;
   std::vector<float> weights;
   std::vector<float> probs;
+  std::vector<uint16_t> predictions;
   int64_t tokens() const { return seq_start.empty() ? 0 : seq_start.back(); }
+  size_t PredictionIndex(int64_t t, int p, int d, int l) const {
+    const TraceHeader& h = header;
+    return ((((static_cast<size_t>(t) * h.predictors.size() + p) * h.predict_distance + d - 1) *
+                 h.num_layers +
+             l) *
+            h.guess_size());
+  }
   int64_t sequences() const { return seq_names.size(); }
 };
 
@@ -61,6 +79,11 @@ class TraceWriter {
   // none); `probs` num_experts entries when the header has them.
   absl::Status Add(int64_t token, int32_t layer, const int32_t* experts, const float* weights,
                    const float* probs);
+  // Predictor `predictor` (an index into header.predictors) guessed `experts`
+  // (guess_size() distinct ids) for `layer` of `token`, `distance` layers before it
+  // (1..predict_distance, <= layer). Every such guess must be added before EndSequence.
+  absl::Status AddPrediction(int64_t token, int32_t layer, int32_t predictor, int32_t distance,
+                             const int32_t* experts);
   absl::Status EndSequence();
   // Flushes and closes; errors if a sequence is still open or a write failed.
   absl::Status Close();
@@ -97,6 +120,8 @@ absl::StatusOr<Trace> ImportMixtralJsonl(const std::string& path, int32_t num_ex
                                          int64_t* dropped_tokens = nullptr);
 
 // Concatenates traces of the same shape (experts, top-k, layers) as separate sequences.
+// Recorded predictions are kept only when every trace has the same predictors, distance
+// and guess size.
 absl::StatusOr<Trace> MergeTraces(std::vector<Trace> traces);
 
 struct LrcOptions {
@@ -105,11 +130,47 @@ struct LrcOptions {
   int32_t bootstrap = 0;  // resamples of the sequences for 95% intervals; 0 = none
   uint64_t seed = 1;
   int32_t threads = 0;  // 0 = all cores
+  // Predictor accuracy: the recorded guesses, and previous-token and frequency (computed
+  // from the routing, so every trace has them).
+  bool predictors = true;
+  // Token grouping for prefill: micro-batch sizes B (empty: none). Each sequence is cut
+  // into prefill chunks of group_chunk tokens; chunks from the start of the trace up to
+  // group_max_tokens tokens are grouped (the greedy is quadratic in the chunk).
+  std::vector<int32_t> group_sizes = {16, 64};
+  int32_t group_chunk = 1024;
+  int64_t group_max_tokens = 1 << 17;
 };
 
 // A value with its bootstrap 95% interval (lo = hi = value without bootstrap).
 struct Estimate {
   double value = 0, lo = 0, hi = 0;
+};
+
+// How well one predictor's guesses (G ids) match the true top-k at one distance: recall =
+// hits / (samples * k), the share of the true experts found among the guesses; precision =
+// hits / (samples * G), the share of the guesses that are true. NaN without samples.
+struct PredictorScore {
+  double recall = 0, precision = 0;
+  int64_t samples = 0;  // (token, layer) guesses scored
+  int64_t hits = 0;
+};
+
+// A predictor's scores by distance. Recorded predictors (from the trace's guesses) have
+// distances 1..predict_distance; previous-token and frequency, computed from the routing,
+// do not depend on the distance and have distance 1 only.
+struct PredictorFigures {
+  std::string name;
+  bool recorded = false;
+  std::vector<PredictorScore> by_distance;  // [d - 1]
+};
+
+// Token grouping for prefill at one micro-batch size: mean distinct experts per
+// (micro-batch, layer), in the tokens' own order and after GroupTokens
+// (predictor/token_grouping.h).
+struct TokenGroupingFigures {
+  int32_t batch = 0;
+  int64_t tokens = 0, chunks = 0, micro_batches = 0;
+  double distinct_before = 0, distinct_after = 0;
 };
 
 enum class Policy { kLru = 0, kLfu = 1, kScore = 2, kBelady = 3 };
@@ -136,6 +197,8 @@ struct LrcFigures {
   // accesses (1.0: the next layer's experts are determined by this layer's). -1 for the
   // last layer.
   double coactivation_topk_share = -1;
+  // Layers: scores of the guesses for this layer; the model: pooled over layers.
+  std::vector<PredictorFigures> predictors;
 };
 
 struct LrcReport {
@@ -146,6 +209,7 @@ struct LrcReport {
   int32_t bootstrap = 0;
   LrcFigures model;
   std::vector<LrcFigures> layers;
+  std::vector<TokenGroupingFigures> token_grouping;  // one per LrcOptions::group_sizes
 };
 
 // Errors: kInvalidArgument (an m < 1, an empty trace).

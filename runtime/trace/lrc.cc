@@ -1,5 +1,5 @@
 // AnalyzeTrace: SRP, SCH, policy replay, load statistics and bootstrap intervals over a
-// whole trace (include/moex/trace.h).
+// whole trace, predictor accuracy and token grouping (include/moex/trace.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,12 +13,219 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "moex/trace.h"
+#include "predictor/token_grouping.h"
 #include "runtime/trace/lrc_internal.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
 
 namespace moex {
+
+// ---- predictor accuracy and token grouping ---------------------------------------------
+
+namespace lrc {
+
+int GuessHits(const uint16_t* guess, int g, const uint16_t* truth, int k) {
+  int hits = 0;
+  for (int i = 0; i < k; ++i) hits += std::find(guess, guess + g, truth[i]) != guess + g;
+  return hits;
+}
+
+PredictorScore MakeScore(int64_t hits, int64_t samples, int k, int g) {
+  PredictorScore s;
+  s.hits = hits;
+  s.samples = samples;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  s.recall = samples > 0 ? static_cast<double>(hits) / (static_cast<double>(samples) * k) : nan;
+  s.precision = samples > 0 ? static_cast<double>(hits) / (static_cast<double>(samples) * g) : nan;
+  return s;
+}
+
+void PreviousTokenCounts(const Trace& tr, int layer, int64_t* hits, int64_t* samples) {
+  const int L = tr.header.num_layers, k = tr.header.top_k;
+  for (int64_t s = 0; s < tr.sequences(); ++s) {
+    for (int64_t t = tr.seq_start[s] + 1; t < tr.seq_start[s + 1]; ++t) {
+      *hits +=
+          GuessHits(&tr.experts[((t - 1) * L + layer) * k], k, &tr.experts[(t * L + layer) * k], k);
+      ++*samples;
+    }
+  }
+}
+
+void FrequencyCounts(const Trace& tr, int layer, int64_t* hits, int64_t* samples) {
+  const int L = tr.header.num_layers, k = tr.header.top_k, E = tr.header.num_experts;
+  // The experts ranked by (uses so far descending, id ascending), kept sorted as counts
+  // grow by one: a counted expert only moves up, so a few swaps per use keep it exact
+  // instead of a top-k over E per token.
+  std::vector<int64_t> count(E, 0);
+  std::vector<uint16_t> rank(E);
+  std::vector<int32_t> pos(E);
+  std::iota(rank.begin(), rank.end(), 0);
+  std::iota(pos.begin(), pos.end(), 0);
+  auto before = [&](int a, int b) {
+    return count[a] > count[b] || (count[a] == count[b] && a < b);
+  };
+  for (int64_t t = 0; t < tr.tokens(); ++t) {
+    const uint16_t* truth = &tr.experts[(t * L + layer) * k];
+    if (t > 0) {  // the first token of the trace has no history to guess from
+      *hits += GuessHits(rank.data(), k, truth, k);
+      ++*samples;
+    }
+    for (int j = 0; j < k; ++j) {
+      const int e = truth[j];
+      ++count[e];
+      while (pos[e] > 0 && before(e, rank[pos[e] - 1])) {
+        const int other = rank[pos[e] - 1];
+        std::swap(rank[pos[e]], rank[pos[e] - 1]);
+        --pos[e];
+        ++pos[other];
+      }
+    }
+  }
+}
+
+void ScorePredictors(const Trace& tr, std::vector<LrcFigures>* layers, LrcFigures* model) {
+  const TraceHeader& h = tr.header;
+  const int L = h.num_layers, k = h.top_k, G = h.guess_size();
+  const int P = static_cast<int>(h.predictors.size()), D = h.predict_distance;
+  const bool recorded = P > 0 && tr.predictions.size() == tr.PredictionIndex(tr.tokens(), 0, 1, 0);
+  struct Spec {
+    std::string name;
+    bool recorded;
+    int index, distances, guess;
+  };
+  std::vector<Spec> specs;
+  for (int p = 0; recorded && p < P; ++p) specs.push_back({h.predictors[p], true, p, D, G});
+  for (const char* name : {"previous-token", "frequency"}) {
+    if (std::find_if(specs.begin(), specs.end(), [&](const Spec& s) { return s.name == name; }) ==
+        specs.end()) {
+      specs.push_back({name, false, -1, 1, k});
+    }
+  }
+  // hits[layer][spec][d - 1], samples likewise.
+  std::vector<std::vector<std::vector<int64_t>>> hits(L), samples(L);
+  tbb::parallel_for(0, L, [&](int l) {
+    hits[l].resize(specs.size());
+    samples[l].resize(specs.size());
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const Spec& sp = specs[i];
+      hits[l][i].assign(sp.distances, 0);
+      samples[l][i].assign(sp.distances, 0);
+      if (!sp.recorded) {
+        (sp.name == "frequency" ? FrequencyCounts : PreviousTokenCounts)(tr, l, &hits[l][i][0],
+                                                                         &samples[l][i][0]);
+        continue;
+      }
+      for (int d = 1; d <= std::min(l, D); ++d) {
+        for (int64_t t = 0; t < tr.tokens(); ++t) {
+          hits[l][i][d - 1] += GuessHits(&tr.predictions[tr.PredictionIndex(t, sp.index, d, l)], G,
+                                         &tr.experts[(t * L + l) * k], k);
+        }
+        samples[l][i][d - 1] += tr.tokens();
+      }
+    }
+  });
+  model->predictors.clear();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    PredictorFigures pooled{specs[i].name, specs[i].recorded, {}};
+    for (int d = 1; d <= specs[i].distances; ++d) {
+      int64_t all_hits = 0, all_samples = 0;
+      for (int l = 0; l < L; ++l) {
+        all_hits += hits[l][i][d - 1];
+        all_samples += samples[l][i][d - 1];
+      }
+      pooled.by_distance.push_back(MakeScore(all_hits, all_samples, k, specs[i].guess));
+    }
+    model->predictors.push_back(pooled);
+  }
+  for (int l = 0; l < L; ++l) {
+    LrcFigures& f = (*layers)[l];
+    f.predictors.clear();
+    for (size_t i = 0; i < specs.size(); ++i) {
+      PredictorFigures pf{specs[i].name, specs[i].recorded, {}};
+      for (int d = 1; d <= specs[i].distances; ++d) {
+        pf.by_distance.push_back(
+            MakeScore(hits[l][i][d - 1], samples[l][i][d - 1], k, specs[i].guess));
+      }
+      f.predictors.push_back(pf);
+    }
+  }
+}
+
+absl::StatusOr<std::vector<TokenGroupingFigures>> TokenGrouping(const Trace& tr,
+                                                                const LrcOptions& opt) {
+  const TraceHeader& h = tr.header;
+  const int L = h.num_layers, k = h.top_k;
+  if (opt.group_chunk < 1) return absl::InvalidArgumentError("token grouping: chunk < 1");
+  for (int32_t b : opt.group_sizes) {
+    if (b < 1) return absl::InvalidArgumentError("token grouping: micro-batch size < 1");
+  }
+  // Prefill chunks: each sequence cut into group_chunk tokens, from the trace's start.
+  std::vector<std::pair<int64_t, int64_t>> chunks;  // [first token, end)
+  int64_t taken = 0;
+  for (int64_t s = 0; s < tr.sequences() && taken < opt.group_max_tokens; ++s) {
+    for (int64_t t = tr.seq_start[s]; t < tr.seq_start[s + 1] && taken < opt.group_max_tokens;
+         t += opt.group_chunk) {
+      const int64_t end = std::min(tr.seq_start[s + 1], t + opt.group_chunk);
+      chunks.emplace_back(t, end);
+      taken += end - t;
+    }
+  }
+  const size_t nb = opt.group_sizes.size();
+  // [chunk][size]: distinct experts before, after.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> res(
+      chunks.size(), std::vector<std::pair<int64_t, int64_t>>(nb));
+  std::vector<absl::Status> errors(chunks.size());
+  tbb::parallel_for(size_t{0}, chunks.size(), [&](size_t c) {
+    const auto [t0, t1] = chunks[c];
+    const std::vector<int32_t> ids(tr.experts.begin() + t0 * L * k,
+                                   tr.experts.begin() + t1 * L * k);
+    const ChunkRouting r{ids, t1 - t0, L, k, h.num_experts};
+    std::vector<int32_t> identity(t1 - t0);
+    std::iota(identity.begin(), identity.end(), 0);
+    for (size_t i = 0; i < nb; ++i) {
+      absl::StatusOr<std::vector<int32_t>> order = GroupTokens(r, opt.group_sizes[i]);
+      absl::StatusOr<int64_t> before = DistinctExperts(r, identity, opt.group_sizes[i]);
+      if (!order.ok() || !before.ok()) {
+        errors[c] = order.ok() ? before.status() : order.status();
+        return;
+      }
+      absl::StatusOr<int64_t> after = DistinctExperts(r, *order, opt.group_sizes[i]);
+      if (!after.ok()) {
+        errors[c] = after.status();
+        return;
+      }
+      res[c][i] = {*before, *after};
+    }
+  });
+  for (const absl::Status& st : errors) {
+    if (!st.ok()) return st;
+  }
+  std::vector<TokenGroupingFigures> out;
+  for (size_t i = 0; i < nb; ++i) {
+    TokenGroupingFigures f;
+    f.batch = opt.group_sizes[i];
+    f.chunks = static_cast<int64_t>(chunks.size());
+    int64_t before = 0, after = 0;
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      const int64_t n = chunks[c].second - chunks[c].first;
+      f.tokens += n;
+      f.micro_batches += (n + f.batch - 1) / f.batch;
+      before += res[c][i].first;
+      after += res[c][i].second;
+    }
+    const double cells = static_cast<double>(f.micro_batches) * L;
+    f.distinct_before = cells > 0 ? before / cells : 0;
+    f.distinct_after = cells > 0 ? after / cells : 0;
+    out.push_back(f);
+  }
+  return out;
+}
+
+}  // namespace lrc
+
+// ---- SRP, SCH, policies, load -----------------------------------------------------------
+
 namespace {
 
 // Every additive count of one layer (of one sequence, or pooled): the figures are ratios
@@ -186,6 +393,9 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
   if (tr.experts.size() != static_cast<size_t>(tr.tokens()) * h.num_layers * h.top_k) {
     return absl::InvalidArgumentError("trace: expert array does not match its shape");
   }
+  if (!h.predictors.empty() && tr.predictions.size() != tr.PredictionIndex(tr.tokens(), 0, 1, 0)) {
+    return absl::InvalidArgumentError("trace: prediction array does not match its shape");
+  }
   for (int m : opt.segment_lengths) {
     if (m < 1 || m > (1 << 20)) {
       return absl::InvalidArgumentError(absl::StrCat("segment length ", m, " out of range"));
@@ -262,6 +472,14 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
       LoadStats(tr, l, &rep.layers[l]);
     });
   });
+
+  if (opt.predictors) arena.execute([&] { lrc::ScorePredictors(tr, &rep.layers, &rep.model); });
+  if (!opt.group_sizes.empty()) {
+    absl::StatusOr<std::vector<TokenGroupingFigures>> g;
+    arena.execute([&] { g = lrc::TokenGrouping(tr, opt); });
+    if (!g.ok()) return g.status();
+    rep.token_grouping = *std::move(g);
+  }
 
   std::vector<uint64_t> model(lay.size, 0);
   for (int l = 0; l < L; ++l) {

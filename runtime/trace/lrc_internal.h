@@ -5,8 +5,10 @@
 #define MOEX_RUNTIME_TRACE_LRC_INTERNAL_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "moex/trace.h"
 
 namespace moex::lrc {
@@ -36,6 +38,28 @@ void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* 
 // else 1/k each.
 void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, const float* probs,
                      int64_t T, int k, int E, uint64_t* stat);
+
+// The true experts (top-k) found among a guess of g ids; ids distinct within each.
+int GuessHits(const uint16_t* guess, int g, const uint16_t* truth, int k);
+// Recall hits / (samples * k) and precision hits / (samples * g); NaN without samples.
+PredictorScore MakeScore(int64_t hits, int64_t samples, int k, int g);
+
+// previous-token: token t's guess in a layer is token t-1's experts there (same
+// sequence; a sequence's first token has none).
+void PreviousTokenCounts(const Trace& tr, int layer, int64_t* hits, int64_t* samples);
+// frequency: token t's guess is the k experts the layer used most on every token before it
+// in the trace (earlier sequences included; ties to the lower id); the trace's first token
+// has none.
+void FrequencyCounts(const Trace& tr, int layer, int64_t* hits, int64_t* samples);
+
+// Fills model->predictors and each layer's (layers has num_layers entries): the recorded
+// predictors, then previous-token and frequency unless recorded under those names. Runs
+// on the calling TBB arena.
+void ScorePredictors(const Trace& tr, std::vector<LrcFigures>* layers, LrcFigures* model);
+
+// Token grouping at each of options.group_sizes (see LrcOptions).
+absl::StatusOr<std::vector<TokenGroupingFigures>> TokenGrouping(const Trace& tr,
+                                                                const LrcOptions& options);
 
 }  // namespace moex::lrc
 

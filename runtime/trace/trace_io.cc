@@ -25,13 +25,45 @@ namespace moex {
 namespace {
 
 constexpr char kMagic[8] = {'M', 'O', 'E', 'X', 'T', 'R', 'C', '\0'};
-constexpr uint32_t kVersion = 1;
-constexpr uint32_t kFlagWeights = 1, kFlagProbs = 2;
+// Version 2 adds the predictions section; a file without predictions is still written as
+// version 1, so readers that predate version 2 keep reading every trace they could before.
+constexpr uint32_t kVersion = 1, kVersionPredictions = 2;
+constexpr uint32_t kFlagWeights = 1, kFlagProbs = 2, kFlagPredictions = 4;
 // Limits that keep a corrupt header from asking for absurd allocations.
 constexpr uint32_t kMaxExperts = 65535, kMaxTopK = 1024, kMaxLayers = 4096;
 constexpr uint32_t kMaxName = 1 << 16;
+constexpr uint32_t kMaxPredictors = 64, kMaxPredictorName = 256;
 
 bool SmallIds(int32_t num_experts) { return num_experts <= 256; }
+
+// Guesses per token in the file: every predictor, distance d and layer l >= d.
+uint64_t GuessesPerToken(const TraceHeader& h) {
+  uint64_t n = 0;
+  for (int d = 1; d <= h.predict_distance; ++d) n += h.num_layers - d;
+  return n * h.predictors.size();
+}
+
+// Empty when the prediction fields of a header are consistent.
+std::string BadPredictionShape(const TraceHeader& h) {
+  if (h.predictors.empty()) {
+    return h.predict_distance == 0 && h.predict_size == 0
+               ? ""
+               : "a predict distance or size without predictors";
+  }
+  if (h.predictors.size() > kMaxPredictors) {
+    return absl::StrCat(h.predictors.size(), " predictors (at most ", kMaxPredictors, ")");
+  }
+  for (const std::string& name : h.predictors) {
+    if (name.empty() || name.size() > kMaxPredictorName) return "a predictor name's length";
+  }
+  if (h.predict_distance < 1 || h.predict_distance >= h.num_layers) {
+    return absl::StrCat("predict distance ", h.predict_distance, " outside 1..", h.num_layers - 1);
+  }
+  if (h.predict_size < 0 || h.predict_size > h.num_experts) {
+    return absl::StrCat("guess size ", h.predict_size, " of ", h.num_experts, " experts");
+  }
+  return "";
+}
 
 void PutU32(std::string* out, uint32_t v) {
   char b[4];
@@ -54,6 +86,14 @@ struct TraceWriter::Impl {
   std::vector<int32_t> experts;
   std::vector<float> weights, probs;
   std::vector<uint8_t> filled;
+  // Guesses of the open sequence, laid out as Trace::predictions; `guessed` per guess.
+  std::vector<int32_t> preds;
+  std::vector<uint8_t> guessed;
+  size_t PredCell(int64_t token, int p, int d, int l) const {
+    return ((static_cast<size_t>(token) * h.predictors.size() + p) * h.predict_distance + d - 1) *
+               h.num_layers +
+           l;
+  }
 
   absl::Status Write(const void* p, size_t n) {
     if (n && std::fwrite(p, 1, n, f) != n) {
@@ -78,6 +118,10 @@ absl::StatusOr<std::unique_ptr<TraceWriter>> TraceWriter::Create(const std::stri
                                                    " experts, top-", header.top_k, ", ",
                                                    header.num_layers, " layers"));
   }
+  if (const std::string bad = BadPredictionShape(header); !bad.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": bad predictions: ", bad));
+  }
+  const bool preds = !header.predictors.empty();
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->h = header;
@@ -86,13 +130,23 @@ absl::StatusOr<std::unique_ptr<TraceWriter>> TraceWriter::Create(const std::stri
     return absl::NotFoundError(absl::StrCat(path, ": cannot create: ", std::strerror(errno)));
   }
   std::string hdr(kMagic, 8);
-  PutU32(&hdr, kVersion);
-  PutU32(&hdr, (header.has_weights ? kFlagWeights : 0) | (header.has_probs ? kFlagProbs : 0));
+  PutU32(&hdr, preds ? kVersionPredictions : kVersion);
+  PutU32(&hdr, (header.has_weights ? kFlagWeights : 0) | (header.has_probs ? kFlagProbs : 0) |
+                   (preds ? kFlagPredictions : 0));
   PutU32(&hdr, header.num_experts);
   PutU32(&hdr, header.top_k);
   PutU32(&hdr, header.num_layers);
   PutU32(&hdr, header.model.size());
   hdr += header.model;
+  if (preds) {
+    PutU32(&hdr, header.predictors.size());
+    PutU32(&hdr, header.predict_distance);
+    PutU32(&hdr, header.guess_size());
+    for (const std::string& name : header.predictors) {
+      PutU32(&hdr, name.size());
+      hdr += name;
+    }
+  }
   MOEX_RETURN_IF_ERROR(impl->Write(hdr.data(), hdr.size()));
   return std::unique_ptr<TraceWriter>(new TraceWriter(std::move(impl)));
 }
@@ -107,6 +161,8 @@ absl::Status TraceWriter::BeginSequence(const std::string& name) {
   w.weights.clear();
   w.probs.clear();
   w.filled.clear();
+  w.preds.clear();
+  w.guessed.clear();
   return absl::OkStatus();
 }
 
@@ -148,6 +204,42 @@ absl::Status TraceWriter::Add(int64_t token, int32_t layer, const int32_t* exper
   return absl::OkStatus();
 }
 
+absl::Status TraceWriter::AddPrediction(int64_t token, int32_t layer, int32_t predictor,
+                                        int32_t distance, const int32_t* experts) {
+  Impl& w = *impl_;
+  const TraceHeader& h = w.h;
+  if (!w.open_seq) return absl::FailedPreconditionError("trace: AddPrediction outside a sequence");
+  if (predictor < 0 || predictor >= static_cast<int32_t>(h.predictors.size()) || distance < 1 ||
+      distance > h.predict_distance || layer < distance || layer >= h.num_layers || token < 0 ||
+      token >= (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError(absl::StrCat("trace: prediction ", predictor, " distance ",
+                                                   distance, " of token ", token, " layer ", layer,
+                                                   " out of range"));
+  }
+  const int G = h.guess_size();
+  const size_t cells = w.PredCell(token + 1, 0, 1, 0);
+  if (w.guessed.size() < cells) {
+    w.guessed.resize(cells, 0);
+    w.preds.resize(cells * G, kNoGuess);
+  }
+  const size_t cell = w.PredCell(token, predictor, distance, layer);
+  for (int j = 0; j < G; ++j) {
+    if (experts[j] < 0 || experts[j] >= h.num_experts) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("trace: guessed expert id ", experts[j], " outside 0..", h.num_experts - 1));
+    }
+    for (int i = 0; i < j; ++i) {
+      if (experts[i] == experts[j]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("trace: guessed expert id ", experts[j], " twice in one guess"));
+      }
+    }
+    w.preds[cell * G + j] = experts[j];
+  }
+  w.guessed[cell] = 1;
+  return absl::OkStatus();
+}
+
 absl::Status TraceWriter::EndSequence() {
   Impl& w = *impl_;
   const TraceHeader& h = w.h;
@@ -161,6 +253,28 @@ absl::Status TraceWriter::EndSequence() {
     }
   }
   const uint32_t n_tokens = w.filled.size() / h.num_layers;
+  const int P = static_cast<int>(h.predictors.size()), D = h.predict_distance, G = h.guess_size();
+  if (P > 0) {
+    if (w.guessed.size() > w.PredCell(n_tokens, 0, 1, 0)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "trace: sequence '", w.seq_name, "' has guesses for tokens it has no routing for"));
+    }
+    w.guessed.resize(w.PredCell(n_tokens, 0, 1, 0), 0);
+    w.preds.resize(w.guessed.size() * G, kNoGuess);
+    for (uint32_t t = 0; t < n_tokens; ++t) {
+      for (int p = 0; p < P; ++p) {
+        for (int d = 1; d <= D; ++d) {
+          for (int l = d; l < h.num_layers; ++l) {
+            if (!w.guessed[w.PredCell(t, p, d, l)]) {
+              return absl::FailedPreconditionError(
+                  absl::StrCat("trace: sequence '", w.seq_name, "' token ", t, " has no ",
+                               h.predictors[p], " guess for layer ", l, " at distance ", d));
+            }
+          }
+        }
+      }
+    }
+  }
   std::string rec;
   PutU32(&rec, w.seq_name.size());
   rec += w.seq_name;
@@ -175,6 +289,27 @@ absl::Status TraceWriter::EndSequence() {
   }
   if (h.has_weights) MOEX_RETURN_IF_ERROR(w.Write(w.weights.data(), w.weights.size() * 4));
   if (h.has_probs) MOEX_RETURN_IF_ERROR(w.Write(w.probs.data(), w.probs.size() * 4));
+  if (P > 0) {
+    // Token-major, then predictor, distance, layer d..L-1: the guesses that exist.
+    std::vector<int32_t> ids;
+    ids.reserve(GuessesPerToken(h) * n_tokens * G);
+    for (uint32_t t = 0; t < n_tokens; ++t) {
+      for (int p = 0; p < P; ++p) {
+        for (int d = 1; d <= D; ++d) {
+          const size_t first = w.PredCell(t, p, d, d) * G;
+          ids.insert(ids.end(), w.preds.begin() + first,
+                     w.preds.begin() + first + static_cast<size_t>(h.num_layers - d) * G);
+        }
+      }
+    }
+    if (SmallIds(h.num_experts)) {
+      std::vector<uint8_t> b(ids.begin(), ids.end());
+      MOEX_RETURN_IF_ERROR(w.Write(b.data(), b.size()));
+    } else {
+      std::vector<uint16_t> b(ids.begin(), ids.end());
+      MOEX_RETURN_IF_ERROR(w.Write(b.data(), b.size() * 2));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -238,9 +373,9 @@ absl::StatusOr<TraceHeader> ParseHeader(const std::string& path, Cursor* c) {
     return absl::DataLossError(absl::StrCat(path, ": not a moex trace (bad magic)"));
   }
   MOEX_ASSIGN_OR_RETURN(uint32_t version, c->U32("version"));
-  if (version != kVersion) {
+  if (version != kVersion && version != kVersionPredictions) {
     return absl::UnimplementedError(
-        absl::StrCat(path, ": trace format version ", version, " (this reader knows 1)"));
+        absl::StrCat(path, ": trace format version ", version, " (this reader knows 1 and 2)"));
   }
   TraceHeader h;
   MOEX_ASSIGN_OR_RETURN(uint32_t flags, c->U32("flags"));
@@ -248,8 +383,10 @@ absl::StatusOr<TraceHeader> ParseHeader(const std::string& path, Cursor* c) {
   MOEX_ASSIGN_OR_RETURN(uint32_t k, c->U32("top_k"));
   MOEX_ASSIGN_OR_RETURN(uint32_t l, c->U32("num_layers"));
   MOEX_ASSIGN_OR_RETURN(uint32_t name_len, c->U32("model name length"));
+  const uint32_t known =
+      kFlagWeights | kFlagProbs | (version >= kVersionPredictions ? kFlagPredictions : 0);
   if (e < 1 || e > kMaxExperts || k < 1 || k > kMaxTopK || k > e || l < 1 || l > kMaxLayers ||
-      name_len > kMaxName || (flags & ~(kFlagWeights | kFlagProbs))) {
+      name_len > kMaxName || (flags & ~known)) {
     return absl::DataLossError(absl::StrCat(path, ": bad header (", e, " experts, top-", k, ", ", l,
                                             " layers, flags ", flags, ")"));
   }
@@ -260,7 +397,74 @@ absl::StatusOr<TraceHeader> ParseHeader(const std::string& path, Cursor* c) {
   h.num_layers = l;
   h.has_weights = flags & kFlagWeights;
   h.has_probs = flags & kFlagProbs;
+  if (flags & kFlagPredictions) {
+    MOEX_ASSIGN_OR_RETURN(uint32_t np, c->U32("predictor count"));
+    MOEX_ASSIGN_OR_RETURN(uint32_t dist, c->U32("predict distance"));
+    MOEX_ASSIGN_OR_RETURN(uint32_t size, c->U32("guess size"));
+    // Bounds before the casts below: a corrupt count must not become a huge loop.
+    if (np < 1 || np > kMaxPredictors || dist > kMaxLayers || size < 1 || size > e) {
+      return absl::DataLossError(absl::StrCat(path, ": bad predictions header (", np,
+                                              " predictors, distance ", dist, ", guess size ", size,
+                                              ")"));
+    }
+    h.predict_distance = dist;
+    h.predict_size = size;
+    for (uint32_t i = 0; i < np; ++i) {
+      MOEX_ASSIGN_OR_RETURN(uint32_t n, c->U32("predictor name length"));
+      if (n > kMaxPredictorName) {
+        return absl::DataLossError(absl::StrCat(path, ": predictor name length ", n));
+      }
+      MOEX_RETURN_IF_ERROR(c->Need(n, "predictor name"));
+      h.predictors.emplace_back(c->Take(n), n);
+    }
+    if (const std::string bad = BadPredictionShape(h); !bad.empty()) {
+      return absl::DataLossError(absl::StrCat(path, ": bad predictions header: ", bad));
+    }
+  }
   return h;
+}
+
+// Reads one sequence's guesses (the cursor is at them, and they are all there) into
+// t->predictions, with kNoGuess for the layers that have none.
+absl::Status ReadGuesses(const std::string& path, const std::string& seq, uint32_t n,
+                         uint64_t id_bytes, Cursor* c, Trace* t) {
+  const TraceHeader& h = t->header;
+  const int P = static_cast<int>(h.predictors.size()), D = h.predict_distance, L = h.num_layers;
+  const int G = h.guess_size();
+  const size_t pos0 = c->pos();
+  const size_t base = t->predictions.size();
+  t->predictions.resize(base + static_cast<size_t>(n) * P * D * L * G, kNoGuess);
+  const int64_t t0 = t->seq_start.back();
+  for (uint32_t tok = 0; tok < n; ++tok) {
+    for (int p = 0; p < P; ++p) {
+      for (int d = 1; d <= D; ++d) {
+        const size_t count = static_cast<size_t>(L - d) * G;
+        uint16_t* out = &t->predictions[t->PredictionIndex(t0 + tok, p, d, d)];
+        const char* in = c->Take(count * id_bytes);
+        if (id_bytes == 1) {
+          std::copy(reinterpret_cast<const uint8_t*>(in),
+                    reinterpret_cast<const uint8_t*>(in) + count, out);
+        } else {
+          std::memcpy(out, in, count * 2);
+        }
+        for (size_t i = 0; i < count; ++i) {
+          if (out[i] >= h.num_experts) {
+            return absl::DataLossError(absl::StrCat(path, ": ", seq, ": guessed expert id ", out[i],
+                                                    " >= ", h.num_experts, " near byte ", pos0));
+          }
+          // Distinct ids in a guess, as in a top-k: precision counts on it.
+          for (size_t j = i / G * G; j < i; ++j) {
+            if (out[j] == out[i]) {
+              return absl::DataLossError(absl::StrCat(path, ": ", seq, ": guessed expert id ",
+                                                      out[i], " twice in one guess near byte ",
+                                                      pos0));
+            }
+          }
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -268,7 +472,7 @@ absl::StatusOr<TraceHeader> ParseHeader(const std::string& path, Cursor* c) {
 absl::StatusOr<TraceHeader> ReadTraceHeader(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::string data(8 + 6 * 4 + kMaxName, '\0');
+  std::string data(8 + 9 * 4 + kMaxName + kMaxPredictors * (4 + kMaxPredictorName), '\0');
   in.read(data.data(), data.size());
   data.resize(in.gcount());
   Cursor c(path, data);
@@ -295,8 +499,15 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path, const ReadTraceOptions&
     MOEX_ASSIGN_OR_RETURN(uint32_t n, c.U32(seq + " token count"));
     const uint64_t ids = uint64_t{n} * h.num_layers * h.top_k;
     const uint64_t probs = uint64_t{n} * h.num_layers * h.num_experts;
-    const uint64_t body =
-        ids * id_bytes + (h.has_weights ? ids * 4 : 0) + (h.has_probs ? probs * 4 : 0);
+    // Up to 2^45 guessed ids per token and 2^32 tokens: checked, not wrapped.
+    uint64_t guesses = 0;
+    if (__builtin_mul_overflow(uint64_t{n}, GuessesPerToken(h) * h.guess_size(), &guesses) ||
+        guesses > data.size()) {
+      return absl::DataLossError(
+          absl::StrCat(path, ": ", seq, ": ", n, " tokens of guesses, more than the file holds"));
+    }
+    const uint64_t body = ids * id_bytes + (h.has_weights ? ids * 4 : 0) +
+                          (h.has_probs ? probs * 4 : 0) + guesses * id_bytes;
     MOEX_RETURN_IF_ERROR(c.Need(body, seq + " routing"));
     const size_t pos0 = c.pos();
     const size_t old = t.experts.size();
@@ -337,6 +548,9 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path, const ReadTraceOptions&
         t.probs.resize(p0 + probs);
         std::memcpy(t.probs.data() + p0, p, probs * 4);
       }
+    }
+    if (guesses > 0) {
+      MOEX_RETURN_IF_ERROR(ReadGuesses(path, seq, n, id_bytes, &c, &t));
     }
     t.seq_start.push_back(t.seq_start.back() + n);
   }
@@ -712,6 +926,12 @@ absl::StatusOr<Trace> MergeTraces(std::vector<Trace> traces) {
       out.header.has_probs = false;
       out.probs.clear();
     }
+    if (a.predictors != b.predictors || a.predict_distance != b.predict_distance ||
+        a.guess_size() != b.guess_size()) {
+      out.header.predictors.clear();
+      out.header.predict_distance = out.header.predict_size = 0;
+      out.predictions.clear();
+    }
     const int64_t base = out.tokens();
     for (size_t s = 0; s < t.seq_names.size(); ++s) {
       out.seq_names.push_back(t.seq_names[s]);
@@ -722,6 +942,9 @@ absl::StatusOr<Trace> MergeTraces(std::vector<Trace> traces) {
       out.weights.insert(out.weights.end(), t.weights.begin(), t.weights.end());
     }
     if (out.header.has_probs) out.probs.insert(out.probs.end(), t.probs.begin(), t.probs.end());
+    if (!out.header.predictors.empty()) {
+      out.predictions.insert(out.predictions.end(), t.predictions.begin(), t.predictions.end());
+    }
   }
   return out;
 }

@@ -279,5 +279,39 @@ TEST(TraceCliTest, ReproducesThePapersNumbersOnMixtral) {
   EXPECT_EQ(out.substr(out.find("\"num_experts\"")), out2.substr(out2.find("\"num_experts\"")));
 }
 
+// Traces without recorded guesses (imports) still get the routing-only predictors and
+// token grouping; previous-token equals what `moex predict` measures in the forward pass
+// on the same windows (docs/PREDICTOR.md: 0.4447 over 113,220 layer-tokens).
+TEST(TraceCliTest, LrcPredictorsAndTokenGroupingOnAnImport) {
+  const std::string csv = TestDataDir() + "/tiny-moe/val-mix.trace.csv";
+  if (TestDataDir().empty() || Slurp(csv).empty()) GTEST_SKIP() << "no tiny-moe trace";
+  std::string out;
+  ASSERT_EQ(MoexRun("lrc " + Q(csv) + " --m 16 --no-policies --json --group 16,64", &out), 0);
+  EXPECT_NE(out.find("\"predictors\":{\"previous-token\":{\"1\":{\"recall\":0.444727,"
+                     "\"precision\":0.444727,\"samples\":113220}}"),
+            std::string::npos)
+      << out.substr(0, 600);
+  EXPECT_NE(out.find("\"frequency\":{\"1\":{\"recall\":"), std::string::npos);
+  EXPECT_NE(out.find("\"recorded_predictors\":[]"), std::string::npos);
+  for (const char* b : {"\"16\":{\"before\":", "\"64\":{\"before\":"}) {
+    const size_t p = out.find(std::string("\"token_grouping\":{"));
+    ASSERT_NE(p, std::string::npos);
+    const size_t q = out.find(b, p);
+    ASSERT_NE(q, std::string::npos) << b;
+    const double before = std::stod(out.substr(q + std::strlen(b)));
+    const size_t a = out.find("\"after\":", q);
+    const double after = std::stod(out.substr(a + 8));
+    EXPECT_GT(before, after) << b;  // grouping helps on a real routing
+    EXPECT_GT(after, 4.0);          // never below top-k
+  }
+  ASSERT_EQ(MoexRun("lrc " + Q(csv) + " --m 16 --no-policies", &out), 0);
+  EXPECT_NE(out.find("previous-token *"), std::string::npos);
+  EXPECT_NE(out.find("token grouping for prefill"), std::string::npos);
+  ASSERT_EQ(
+      MoexRun("lrc " + Q(csv) + " --m 16 --no-policies --no-predictors --group 0 --json", &out), 0);
+  EXPECT_EQ(out.find("\"previous-token\""), std::string::npos);
+  EXPECT_NE(out.find("\"token_grouping\":{}"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace moex
