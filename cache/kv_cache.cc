@@ -55,6 +55,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
   c->budget_ = o.policy.BudgetFor(o.n_ctx);
   c->policy_ = MakeKvPolicy(o.policy);
   c->heads_.resize(o.n_layer * o.n_head_kv);
+  c->ResetSplit();
   return c;
 }
 
@@ -94,7 +95,7 @@ void KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k, con
 }
 
 void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_t pos0,
-                         int64_t n_head, float scale, float* out) {
+                         int64_t n_head, float scale, bool track_sq, float* out) {
   const int64_t hd = o_.head_dim, group = n_head / o_.n_head_kv, q_stride = n_head * hd;
   const int64_t m = static_cast<int64_t>(s.slot.size());
   const bool f32 = o_.type == GgmlType::kF32;
@@ -106,6 +107,7 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
   std::vector<float> row(hd), scores(tile * group * m);
   std::vector<int64_t> visible(tile);
   std::fill(s.last.begin(), s.last.end(), 0.0f);
+  if (track_sq) s.last_sq.assign(m, 0.0f);
   auto read_row = [&](const std::vector<uint8_t>& store, int64_t i) -> const float* {
     const uint8_t* r = store.data() + s.slot[i] * row_bytes_;
     if (f32) return reinterpret_cast<const float*>(r);
@@ -146,6 +148,7 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
           kcpu::Axpy(p, v, out + (t0 + t) * q_stride + (kvh * group + g) * hd, hd);
           s.acc[i] += p;
           s.last[i] += p;
+          if (track_sq) s.last_sq[i] += p * p;
         }
       }
     }
@@ -154,21 +157,52 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
 
 void KvCache::Attend(int64_t layer, const float* q, int64_t n, int64_t pos0, int64_t n_head,
                      float scale, float* out) {
+  // cake, before its split: the batch that takes the layer past the mean budget measures
+  // it, and compression waits for the last layer (see the header).
+  const bool measuring = !measured_ && static_cast<int64_t>(head(layer, 0).slot.size()) > budget_;
+  const bool compress = policy_->evicts() && measured_;
   std::atomic<int64_t> evicted{0};
   tbb::parallel_for(int64_t{0}, o_.n_head_kv, [&](int64_t h) {
     Head& s = head(layer, h);
-    AttendHead(s, h, q, n, pos0, n_head, scale, out);
-    const int64_t before = static_cast<int64_t>(s.slot.size());
-    if (policy_->evicts() && before > budget_) Compress(s);
-    evicted += before - static_cast<int64_t>(s.slot.size());
+    AttendHead(s, h, q, n, pos0, n_head, scale, measuring, out);
+    if (compress) evicted += Compress(s, layer_budget_[layer]);
+  });
+  kept_rows_ -= evicted.load();
+  if (!measuring) return;
+  const int64_t group = n_head / o_.n_head_kv;
+  double pref = 0;
+  for (int64_t h = 0; h < o_.n_head_kv; ++h) {
+    const Head& s = head(layer, h);
+    pref += CakePreference(s.last, s.last_sq, n * group, o_.policy.tau1, o_.policy.tau2);
+  }
+  preference_[layer] = pref / o_.n_head_kv;
+  if (layer == o_.n_layer - 1) SplitBudgets();
+}
+
+void KvCache::SplitBudgets() {
+  layer_budget_ = LayerBudgets(o_.policy, o_.n_layer, o_.n_ctx, preference_);
+  measured_ = true;
+  std::atomic<int64_t> evicted{0};
+  tbb::parallel_for(int64_t{0}, o_.n_layer * o_.n_head_kv, [&](int64_t i) {
+    Head& s = heads_[i];
+    s.last_sq = {};
+    evicted += Compress(s, layer_budget_[i / o_.n_head_kv]);
   });
   kept_rows_ -= evicted.load();
 }
 
-void KvCache::Compress(Head& s) {
+void KvCache::ResetSplit() {
+  measured_ = o_.policy.name != "cake" || !policy_->evicts();
+  preference_.assign(o_.n_layer, 0.0);
+  layer_budget_ = LayerBudgets(o_.policy, o_.n_layer, o_.n_ctx, {});
+}
+
+int64_t KvCache::Compress(Head& s, int64_t budget) {
+  const int64_t before = static_cast<int64_t>(s.slot.size());
+  if (before <= budget) return 0;
   std::vector<int32_t> evict;
-  policy_->SelectEvictions(KvHeadView{s.pos, s.acc, s.last}, budget_, &evict);
-  if (evict.empty()) return;
+  policy_->SelectEvictions(KvHeadView{s.pos, s.acc, s.last, {}}, budget, &evict);
+  if (evict.empty()) return 0;
   std::vector<char> drop(s.slot.size(), 0);
   for (int32_t i : evict) drop[i] = 1;
   size_t w = 0;
@@ -187,6 +221,7 @@ void KvCache::Compress(Head& s) {
   s.pos.resize(w);
   s.acc.resize(w);
   s.last.resize(w);
+  return before - static_cast<int64_t>(w);
 }
 
 void KvCache::UpdatePeak() { peak_rows_ = std::max(peak_rows_, kept_rows_); }
@@ -196,6 +231,7 @@ void KvCache::Clear() {
   n_past_ = 0;
   kept_rows_ = 0;
   peak_rows_ = 0;
+  ResetSplit();
 }
 
 void KvCache::Truncate(int64_t n) {
@@ -210,6 +246,8 @@ void KvCache::Truncate(int64_t n) {
     s.last.resize(keep);
   }
   n_past_ = n;
+  // Back to where cake had not measured: the next batch past the mean measures again.
+  if (!measured_ || n <= budget_) ResetSplit();
 }
 
 std::vector<int64_t> KvCache::KeptPositions(int64_t layer, int64_t h) const {

@@ -10,10 +10,14 @@
 // attention dequantises kept rows on the fly, never a full copy of the cache.
 //
 // After each batch of queries, Attend() hands every (layer, KV head) holding more than
-// the budget to the policy (cache/kv_policy.h), which picks what to evict from the
-// attention statistics gathered here. Keys are stored after RoPE, so kept positions keep
-// their original positions. With the `full` policy and f32 rows the arithmetic is exactly
-// that of a plain cache (kernels_cpu/attention.h), bit for bit.
+// its layer's budget to the policy (cache/kv_policy.h), which picks what to evict from the
+// attention statistics gathered here. Layer budgets are even, or PyramidKV's fixed slope,
+// or CAKE's split: the batch that first takes the cache past the mean budget measures
+// each layer's attention dispersion, and only after the last layer has attended it are
+// the budgets set and every layer compressed (the queries of that batch have all been
+// answered from the uncompressed cache, so deferring changes no output). Keys are stored after
+// RoPE, so kept positions keep their original positions. With the `full` policy and f32 rows the
+// arithmetic is exactly that of a plain cache (kernels_cpu/attention.h), bit for bit.
 //
 // The context size bounds the positions of a sequence; appending past it is kOutOfRange,
 // never a silent overwrite. Thread-safety: one sequence, one thread at a time (the
@@ -52,8 +56,11 @@ class KvCache {
   static absl::StatusOr<std::unique_ptr<KvCache>> Create(const Options& options);
 
   int64_t capacity() const { return o_.n_ctx; }
-  int64_t size() const { return n_past_; }  // positions seen (kept or not)
-  int64_t budget() const { return budget_; }
+  int64_t size() const { return n_past_; }    // positions seen (kept or not)
+  int64_t budget() const { return budget_; }  // the mean per-layer budget
+  // The budget of `layer` (per KV head); for cake, budget() until the split is measured.
+  int64_t LayerBudget(int64_t layer) const { return layer_budget_[layer]; }
+  bool budgets_measured() const { return measured_; }
   const Options& options() const { return o_; }
 
   // Checks that n_new more positions fit in the context.
@@ -86,19 +93,28 @@ class KvCache {
     std::vector<int32_t> slot;
     std::vector<int64_t> pos;
     std::vector<float> acc, last;
+    std::vector<float> last_sq;  // cake's measuring batch only: sum of squared attention
   };
 
   explicit KvCache(const Options& o);
   Head& head(int64_t layer, int64_t h) { return heads_[layer * o_.n_head_kv + h]; }
   const Head& head(int64_t layer, int64_t h) const { return heads_[layer * o_.n_head_kv + h]; }
   void AttendHead(Head& hd, int64_t kv_head, const float* q, int64_t n, int64_t pos0,
-                  int64_t n_head, float scale, float* out);
-  void Compress(Head& hd);
+                  int64_t n_head, float scale, bool track_sq, float* out);
+  // Brings a head within `budget`; returns the rows it dropped.
+  int64_t Compress(Head& hd, int64_t budget);
+  // cake: the last layer has attended the measuring batch; set every layer's budget.
+  void SplitBudgets();
+  void ResetSplit();
   void UpdatePeak();
 
   Options o_;
   int64_t row_bytes_ = 0;
   int64_t budget_ = 0;
+  std::vector<int64_t> layer_budget_;
+  // cake: whether the split is set, and each layer's measured preference until it is.
+  bool measured_ = true;
+  std::vector<double> preference_;
   std::unique_ptr<KvPolicy> policy_;
   std::vector<Head> heads_;
   int64_t n_past_ = 0;

@@ -156,7 +156,7 @@ std::vector<int64_t> Kept(const char* spec, int64_t budget, std::vector<float> a
   std::vector<int64_t> pos(acc.size());
   for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<int64_t>(10 + i);
   std::vector<int32_t> evict;
-  MakeKvPolicy(*cfg)->SelectEvictions(KvHeadView{pos, acc, last}, budget, &evict);
+  MakeKvPolicy(*cfg)->SelectEvictions(KvHeadView{pos, acc, last, {}}, budget, &evict);
   std::vector<int64_t> kept;
   for (size_t i = 0, j = 0; i < pos.size(); ++i) {
     if (j < evict.size() && evict[j] == static_cast<int32_t>(i)) {
