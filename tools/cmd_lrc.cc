@@ -37,7 +37,8 @@ constexpr char kHelp[] =
     "  --group LIST   token grouping for prefill: micro-batch sizes    (default: 16,64; 0: off)\n"
     "  --group-chunk N  prefill chunk the tokens are grouped within     (default: 1024)\n"
     "  --json         one JSON object on stdout (schema: docs/TRACE_FORMAT.md)\n"
-    "  --csv DIR      srp.csv, sch.csv, policies.csv, load.csv, stats.csv into DIR\n"
+    "  --csv DIR      srp.csv, sch.csv, policies.csv, load.csv, stats.csv,\n"
+    "                 predictors.csv, token_grouping.csv into DIR\n"
     "  --plot F.svg   SRP by layer, SCH and policy hit rates against cache size, load map\n"
     "  -t N           threads                                        (default: all cores)\n";
 
@@ -256,6 +257,12 @@ bool WriteCsv(const LrcReport& r, const std::string& dir, std::string* err) {
   std::string stats =
       "layer,load_max_over_mean,load_entropy_bits,load_entropy_norm,reuse_prev_token,"
       "coactivation_topk_share\n";
+  std::string preds = "layer,predictor,distance,recall,precision,samples\n";
+  std::string groups = "batch,before,after,micro_batches,tokens,chunks\n";
+  for (const TokenGroupingFigures& g : r.token_grouping) {
+    absl::StrAppend(&groups, g.batch, ",", Num(g.distinct_before), ",", Num(g.distinct_after), ",",
+                    g.micro_batches, ",", g.tokens, ",", g.chunks, "\n");
+  }
   auto add = [&](const LrcFigures& f, const std::string& name) {
     for (size_t i = 0; i < r.segment_lengths.size(); ++i) {
       const int m = r.segment_lengths[i];
@@ -280,6 +287,13 @@ bool WriteCsv(const LrcReport& r, const std::string& dir, std::string* err) {
     absl::StrAppend(&stats, name, ",", Num(f.load_max_over_mean), ",", Num(f.load_entropy_bits),
                     ",", Num(f.load_entropy_norm), ",", Num(f.reuse_prev_token), ",",
                     f.coactivation_topk_share < 0 ? "" : Num(f.coactivation_topk_share), "\n");
+    for (const PredictorFigures& p : f.predictors) {
+      for (size_t d = 0; d < p.by_distance.size(); ++d) {
+        const PredictorScore& sc = p.by_distance[d];
+        absl::StrAppend(&preds, name, ",", p.name, ",", d + 1, ",", Num(sc.recall), ",",
+                        Num(sc.precision), ",", sc.samples, "\n");
+      }
+    }
   };
   add(r.model, "model");
   for (const LrcFigures& f : r.layers) add(f, std::to_string(f.layer));
@@ -288,7 +302,9 @@ bool WriteCsv(const LrcReport& r, const std::string& dir, std::string* err) {
                                                         {"sch.csv", sch},
                                                         {"policies.csv", pol},
                                                         {"load.csv", load},
-                                                        {"stats.csv", stats}}) {
+                                                        {"stats.csv", stats},
+                                                        {"predictors.csv", preds},
+                                                        {"token_grouping.csv", groups}}) {
     if (!WriteFile(dir + "/" + name, data)) {
       *err = absl::StrCat("cannot write ", dir, "/", name, " (does the directory exist?)");
       return false;

@@ -304,8 +304,16 @@ TEST(TraceCliTest, LrcPredictorsAndTokenGroupingOnAnImport) {
     EXPECT_GT(before, after) << b;  // grouping helps on a real routing
     EXPECT_GT(after, 4.0);          // never below top-k
   }
-  ASSERT_EQ(MoexRun("lrc " + Q(csv) + " --m 16 --no-policies", &out), 0);
+  const std::string dir = testing::MakeTempDir();
+  ASSERT_EQ(MoexRun("lrc " + Q(csv) + " --m 16 --no-policies --csv " + Q(dir), &out), 0);
   EXPECT_NE(out.find("previous-token *"), std::string::npos);
+  EXPECT_NE(Slurp(dir + "/predictors.csv")
+                .find("layer,predictor,distance,recall,precision,samples\n"
+                      "model,previous-token,1,0.444727,0.444727,113220\n"),
+            std::string::npos);
+  EXPECT_NE(Slurp(dir + "/token_grouping.csv").find("\n16,14.3377,10.3566,1184,18944,74\n"),
+            std::string::npos)
+      << Slurp(dir + "/token_grouping.csv");
   EXPECT_NE(out.find("token grouping for prefill"), std::string::npos);
   ASSERT_EQ(
       MoexRun("lrc " + Q(csv) + " --m 16 --no-policies --no-predictors --group 0 --json", &out), 0);
