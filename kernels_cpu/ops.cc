@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <span>
 #include <vector>
 
 #include "kernels_cpu/vec_dot.h"
@@ -35,23 +37,142 @@ int64_t Grain(int64_t row_bytes, int64_t bytes) {
   return std::max<int64_t>(1, bytes / std::max<int64_t>(1, row_bytes));
 }
 
-// y = W x with x quantised once per token (Q8_K or Q8_0 blocks, see vec_dot.h): each
-// output is one integer vec_dot over the weight row read in place. The activation error
-// this adds (8-bit codes per 32 or 256 values) is what llama.cpp's CPU path has too.
-void MatMulVecDot(VecDotFn dot, GgmlType act, const uint8_t* wb, int64_t row_bytes, int64_t rows,
-                  int64_t cols, const float* x, int64_t n_tokens, float* y) {
-  const int64_t x_bytes = RowBytes(GetTypeTraits(act), cols);
-  // A per-thread buffer, grown once (no allocation per token) -- unless this thread is
-  // already inside a MatMul whose workers read that buffer: a thread waiting in a
+// How one task's outputs are computed; every path computes each output the same way
+// whatever the batch, the row block or the other tasks (bit-identical results).
+enum class Path : uint8_t {
+  // x quantised once per row (Q8_K or Q8_0, see vec_dot.h), each output one integer
+  // vec_dot over the weight row read in place. The activation error this adds (8-bit
+  // codes per 32 or 256 values) is what llama.cpp's CPU path has too.
+  kVecDot,
+  // F16/BF16 widened in registers and dotted with the F32 x: no temporary row, so the
+  // weights stream once at the bandwidth (dequantising to a row first ran at 40-60 %).
+  kFloatDot,
+  // F32 rows dotted in place; anything else dequantised to an F32 row once per row and
+  // reused for every token.
+  kRows,
+};
+
+struct Plan {
+  Path path = Path::kRows;
+  VecDotFn vdot = nullptr;
+  FloatDotFn fdot = nullptr;
+  int64_t row_bytes = 0;
+  int64_t x_bytes = 0;  // kVecDot: one quantised activation row
+  int64_t source = -1;  // kVecDot: index into Workspace::sources
+  int64_t grain = 1;    // rows per chunk
+};
+
+// The rows of one activation matrix quantised for one activation type; tasks that read
+// the same x with the same type share them (a layer's gate and up, all experts of a
+// decode step).
+struct Source {
+  const float* x;
+  int64_t cols;
+  GgmlType act;
+  int64_t x_bytes;
+  int64_t n_rows;  // rows 0..n_rows-1 are quantised
+  int64_t offset;  // bytes into Workspace::xq
+};
+
+struct Chunk {
+  int64_t task, begin, end;  // rows [begin, end) of tasks[task]
+};
+
+// Scratch of one MatMulMany call, grown once per thread and kept (no allocation per
+// token).
+struct Workspace {
+  std::vector<Plan> plans;
+  std::vector<Source> sources;
+  std::vector<int64_t> first_row;  // prefix sums of sources' n_rows
+  std::vector<Chunk> chunks;
+  std::vector<uint8_t> xq;
+};
+
+int64_t XRow(const MatMulTask& t, int64_t tok) { return t.x_rows ? t.x_rows[tok] : tok; }
+
+// Outputs of rows [b, e) of task t for all its tokens. Calls nothing that can run other
+// TBB work, so the thread_local row below cannot be taken by a nested call.
+void RunChunk(const MatMulTask& t, const Plan& p, const uint8_t* xq, int64_t b, int64_t e) {
+  const auto* wb = static_cast<const uint8_t*>(t.w);
+  switch (p.path) {
+    case Path::kVecDot:
+      // Each weight row is used for all tokens while it is in L1.
+      for (int64_t n = b; n < e; ++n) {
+        const uint8_t* wr = wb + n * p.row_bytes;
+        for (int64_t tok = 0; tok < t.n_tokens; ++tok) {
+          t.y[tok * t.rows + n] = p.vdot(wr, xq + XRow(t, tok) * p.x_bytes, t.cols);
+        }
+      }
+      return;
+    case Path::kFloatDot:
+      for (int64_t n = b; n < e; ++n) {
+        const uint8_t* wr = wb + n * p.row_bytes;
+        for (int64_t tok = 0; tok < t.n_tokens; ++tok) {
+          t.y[tok * t.rows + n] = p.fdot(wr, t.x + XRow(t, tok) * t.cols, t.cols);
+        }
+      }
+      return;
+    case Path::kRows: {
+      thread_local std::vector<float> row;
+      if (t.type != GgmlType::kF32 && row.size() < static_cast<size_t>(t.cols)) row.resize(t.cols);
+      for (int64_t n = b; n < e; ++n) {
+        const float* wr;
+        if (t.type == GgmlType::kF32) {
+          wr = reinterpret_cast<const float*>(wb + n * p.row_bytes);
+        } else {
+          DequantizeRow(t.type, wb + n * p.row_bytes, row.data(), t.cols);
+          wr = row.data();
+        }
+        for (int64_t tok = 0; tok < t.n_tokens; ++tok) {
+          t.y[tok * t.rows + n] = Dot(wr, t.x + XRow(t, tok) * t.cols, t.cols);
+        }
+      }
+      return;
+    }
+  }
+}
+
+// The path of one task; `level` (may be null) forces the integer path at that level.
+Plan PlanTask(const MatMulTask& t, const IsaLevel* level) {
+  Plan p;
+  const TypeTraits& tt = GetTypeTraits(t.type);
+  p.row_bytes = RowBytes(tt, t.cols);
+  const GgmlType act = VecDotActivationType(t.type);
+  // Quantised weights: the integer path for every batch size. Decode must give the same
+  // logits as a prefill of the same tokens (tests/api), which holds only if a token's
+  // outputs do not depend on the batch; and until prefill has a real GEMM, one vec_dot per
+  // token is also 2-3x faster than dequantising the row and taking F32 dots (16 tokens,
+  // BM_MatVec vs BM_MatVecLevel in bench/kernels_bench.cc).
+  if (act != GgmlType::kF32 && t.cols % GetTypeTraits(act).block_elems == 0) {
+    p.path = Path::kVecDot;
+    p.vdot = level ? GetVecDot(t.type, *level) : GetVecDot(t.type);
+    p.x_bytes = RowBytes(GetTypeTraits(act), t.cols);
+    // Tasks of about 32 KiB of weights: a decode step's expert matrices (~0.3-1 MB) still
+    // split into a dozen or more tasks per core, while each task streams long enough for
+    // the hardware prefetchers to run ahead.
+    p.grain = Grain(p.row_bytes, int64_t{32} << 10);
+  } else if ((p.fdot = GetFloatDot(t.type)) != nullptr) {
+    p.path = Path::kFloatDot;
+    p.grain = Grain(p.row_bytes, int64_t{32} << 10);
+  } else {
+    p.path = Path::kRows;
+    p.grain = Grain(p.row_bytes, int64_t{16} << 10);
+  }
+  return p;
+}
+
+void MatMulManyImpl(std::span<const MatMulTask> tasks, const IsaLevel* level) {
+  // A per-thread workspace, grown once (no allocation per token) -- unless this thread is
+  // already inside a MatMul whose workers read that workspace: a thread waiting in a
   // parallel_for may run other work of the arena (another session's delegated
   // evaluation), which calls MatMul again on the same thread. That nested call takes a
-  // buffer of its own. (Found by TSan: docs/ROBUSTNESS.md.)
-  thread_local std::vector<uint8_t> tls_xq;
+  // workspace of its own. (Found by TSan: docs/ROBUSTNESS.md.)
+  thread_local Workspace tls_ws;
   thread_local bool tls_busy = false;
-  std::vector<uint8_t> own;
+  std::unique_ptr<Workspace> own;
   const bool use_tls = !tls_busy;
-  std::vector<uint8_t>& xq = use_tls ? tls_xq : own;
-  if (xq.size() < static_cast<size_t>(n_tokens * x_bytes)) xq.resize(n_tokens * x_bytes);
+  if (!use_tls) own = std::make_unique<Workspace>();
+  Workspace& ws = use_tls ? tls_ws : *own;
   struct Release {
     bool active;
     ~Release() {
@@ -59,23 +180,79 @@ void MatMulVecDot(VecDotFn dot, GgmlType act, const uint8_t* wb, int64_t row_byt
     }
   } release{use_tls};
   if (use_tls) tls_busy = true;
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    QuantizeActivation(act, x + t * cols, xq.data() + t * x_bytes, cols);
+
+  ws.plans.clear();
+  ws.sources.clear();
+  ws.chunks.clear();
+  int64_t xq_bytes = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const MatMulTask& t = tasks[i];
+    Plan p = PlanTask(t, level);
+    if (p.path == Path::kVecDot && t.n_tokens > 0) {
+      int64_t need = t.n_tokens;
+      if (t.x_rows) {
+        need = 0;
+        for (int64_t tok = 0; tok < t.n_tokens; ++tok) {
+          need = std::max<int64_t>(need, t.x_rows[tok] + 1);
+        }
+      }
+      const GgmlType act = VecDotActivationType(t.type);
+      size_t s = 0;
+      while (s < ws.sources.size() && !(ws.sources[s].x == t.x && ws.sources[s].cols == t.cols &&
+                                        ws.sources[s].act == act)) {
+        ++s;
+      }
+      if (s == ws.sources.size()) ws.sources.push_back(Source{t.x, t.cols, act, p.x_bytes, 0, 0});
+      ws.sources[s].n_rows = std::max(ws.sources[s].n_rows, need);
+      p.source = static_cast<int64_t>(s);
+    }
+    ws.plans.push_back(p);
+    if (t.n_tokens <= 0) continue;
+    for (int64_t b = 0; b < t.rows; b += p.grain) {
+      ws.chunks.push_back(Chunk{static_cast<int64_t>(i), b, std::min(t.rows, b + p.grain)});
+    }
   }
-  const uint8_t* xqp = xq.data();
-  // Tasks of about 32 KiB of weights: a decode step's expert matrices (~0.3-1 MB) still
-  // split into a dozen or more tasks per core, while each task streams long enough for
-  // the hardware prefetchers to run ahead. Each weight row is used for all tokens while
-  // it is in L1.
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, Grain(row_bytes, int64_t{32} << 10)),
-                    [&](const tbb::blocked_range<int64_t>& r) {
-                      for (int64_t n = r.begin(); n < r.end(); ++n) {
-                        const uint8_t* wr = wb + n * row_bytes;
-                        for (int64_t t = 0; t < n_tokens; ++t) {
-                          y[t * rows + n] = dot(wr, xqp + t * x_bytes, cols);
-                        }
-                      }
-                    });
+  ws.first_row.clear();
+  int64_t total_rows = 0, total_values = 0;
+  for (Source& src : ws.sources) {
+    src.offset = xq_bytes;
+    xq_bytes += src.n_rows * src.x_bytes;
+    ws.first_row.push_back(total_rows);
+    total_rows += src.n_rows;
+    total_values += src.n_rows * src.cols;
+  }
+  if (ws.xq.size() < static_cast<size_t>(xq_bytes)) ws.xq.resize(xq_bytes);
+  uint8_t* xq = ws.xq.data();
+  auto quantize = [&](int64_t r) {
+    const int64_t s =
+        std::upper_bound(ws.first_row.begin(), ws.first_row.end(), r) - ws.first_row.begin() - 1;
+    const Source& src = ws.sources[s];
+    const int64_t row = r - ws.first_row[s];
+    QuantizeActivation(src.act, src.x + row * src.cols, xq + src.offset + row * src.x_bytes,
+                       src.cols);
+  };
+  // A decode step's rows (a few thousand values) take less than a parallel region's
+  // start-up; a prefill's (hundreds of rows) are worth splitting.
+  if (total_values < (int64_t{1} << 16)) {
+    for (int64_t r = 0; r < total_rows; ++r) quantize(r);
+  } else {
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, total_rows, 4),
+                      [&](const tbb::blocked_range<int64_t>& r) {
+                        for (int64_t i = r.begin(); i < r.end(); ++i) quantize(i);
+                      });
+  }
+  // One parallel region over every (task, row block): with a layer's experts in one call,
+  // each core streams weights from the start to the end of the layer instead of meeting
+  // the other at a barrier after every small matrix.
+  tbb::parallel_for(
+      tbb::blocked_range<size_t>(0, ws.chunks.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
+        for (size_t c = r.begin(); c < r.end(); ++c) {
+          const Chunk& ch = ws.chunks[c];
+          const Plan& p = ws.plans[ch.task];
+          const uint8_t* txq = p.source >= 0 ? xq + ws.sources[p.source].offset : nullptr;
+          RunChunk(tasks[ch.task], p, txq, ch.begin, ch.end);
+        }
+      });
 }
 
 }  // namespace
@@ -84,59 +261,18 @@ bool MatMulQuantizedActivations(GgmlType type, IsaLevel level, const void* w, in
                                 int64_t cols, const float* x, int64_t n_tokens, float* y) {
   const GgmlType act = VecDotActivationType(type);
   if (act == GgmlType::kF32 || cols % GetTypeTraits(act).block_elems != 0) return false;
-  MatMulVecDot(GetVecDot(type, level), act, static_cast<const uint8_t*>(w),
-               RowBytes(GetTypeTraits(type), cols), rows, cols, x, n_tokens, y);
+  const MatMulTask task{type, w, rows, cols, x, nullptr, n_tokens, y};
+  MatMulManyImpl({&task, 1}, &level);
   return true;
 }
 
 void MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, const float* x,
             int64_t n_tokens, float* y) {
-  const TypeTraits& tt = GetTypeTraits(type);
-  const int64_t row_bytes = RowBytes(tt, cols);
-  const auto* wb = static_cast<const uint8_t*>(w);
-  const GgmlType act = VecDotActivationType(type);
-  // Quantised weights: the integer path for every batch size. Decode must give the same
-  // logits as a prefill of the same tokens (tests/api), which holds only if a token's
-  // outputs do not depend on the batch; and until prefill has a real GEMM, one vec_dot per
-  // token is also 2-3x faster than dequantising the row and taking F32 dots (16 tokens,
-  // BM_MatVec vs BM_MatVecLevel in bench/kernels_bench.cc).
-  if (act != GgmlType::kF32 && cols % GetTypeTraits(act).block_elems == 0) {
-    return MatMulVecDot(GetVecDot(type), act, wb, row_bytes, rows, cols, x, n_tokens, y);
-  }
-  // F16/BF16: widen the weights in registers and dot with x directly (every batch size,
-  // so a token's outputs do not depend on its batch). No temporary row: this streams the
-  // weights once, at the bandwidth, where dequantising to a row first ran at 40-60 %.
-  if (const FloatDotFn fdot = GetFloatDot(type)) {
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, Grain(row_bytes, int64_t{32} << 10)),
-                      [&](const tbb::blocked_range<int64_t>& r) {
-                        for (int64_t n = r.begin(); n < r.end(); ++n) {
-                          const uint8_t* wr = wb + n * row_bytes;
-                          for (int64_t t = 0; t < n_tokens; ++t) {
-                            y[t * rows + n] = fdot(wr, x + t * cols, cols);
-                          }
-                        }
-                      });
-    return;
-  }
-  // F32 weights (and anything the paths above cannot take): dequantise each row to F32
-  // once and reuse it for every token. Tasks of about 16 KiB of weights.
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, Grain(row_bytes, int64_t{16} << 10)),
-                    [&](const tbb::blocked_range<int64_t>& r) {
-                      std::vector<float> row(cols);
-                      for (int64_t n = r.begin(); n < r.end(); ++n) {
-                        const float* wr;
-                        if (type == GgmlType::kF32) {
-                          wr = reinterpret_cast<const float*>(wb + n * row_bytes);
-                        } else {
-                          DequantizeRow(type, wb + n * row_bytes, row.data(), cols);
-                          wr = row.data();
-                        }
-                        for (int64_t t = 0; t < n_tokens; ++t) {
-                          y[t * rows + n] = Dot(wr, x + t * cols, cols);
-                        }
-                      }
-                    });
+  const MatMulTask task{type, w, rows, cols, x, nullptr, n_tokens, y};
+  MatMulManyImpl({&task, 1}, nullptr);
 }
+
+void MatMulMany(std::span<const MatMulTask> tasks) { MatMulManyImpl(tasks, nullptr); }
 
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {
   double ss = 0;

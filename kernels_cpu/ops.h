@@ -11,6 +11,7 @@
 #define MOEX_KERNELS_CPU_OPS_H_
 
 #include <cstdint>
+#include <span>
 
 #include "kernels_cpu/cpu_features.h"
 #include "kernels_cpu/quant.h"
@@ -27,6 +28,28 @@ namespace moex::kcpu {
 // F32 rows are dotted directly. All paths split rows into TBB tasks of 16-32 KiB.
 void MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, const float* x,
             int64_t n_tokens, float* y);
+
+// One product of a MatMulMany batch: y[t][n] = sum_k W[n][k] * x[r(t)][k] for
+// t < n_tokens, n < rows, where r(t) = x_rows[t] (x_rows null: r(t) = t). W, x and y are
+// laid out as for MatMul; the row indirection lets the experts of a MoE layer read their
+// tokens straight from the layer's input instead of a gathered copy.
+struct MatMulTask {
+  GgmlType type = GgmlType::kF32;
+  const void* w = nullptr;
+  int64_t rows = 0, cols = 0;
+  const float* x = nullptr;
+  const int32_t* x_rows = nullptr;
+  int64_t n_tokens = 0;
+  float* y = nullptr;
+};
+
+// Runs every task in one TBB parallel region over (task, block of rows), so that many
+// small products (the active experts of a layer) cost one fork/join instead of one each.
+// Each output is computed exactly as MatMul computes it (same activation rounding, same
+// dot), so the results equal one MatMul per task bit for bit. Activation rows read by
+// several tasks with the same x pointer, width and activation type (a layer's gate and up
+// products) are quantised once. REQUIRES: no task's y overlaps any task's x or y.
+void MatMulMany(std::span<const MatMulTask> tasks);
 
 // MatMul's integer path with the vec_dot kernels of `level` (benchmarks and tests compare
 // levels with it). Returns false, touching nothing, when `type` has no integer dot or

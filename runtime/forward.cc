@@ -104,19 +104,20 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
       if (observer_) {
         observer_(MoeLayerEvent{il, pos0, n, &routing_, cur_.data(), x_.data()});
       }
-      if (hybrid_ == nullptr) {
-        MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data());
-      } else if (absl::Status st =
-                     MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data(),
-                                [&](const std::vector<int32_t>& active, const ExpertRun& run) {
-                                  return hybrid_->Moe(il, routing_, cur_.data(), active, run);
-                                });
-                 !st.ok()) {
+      ExpertDispatch dispatch;
+      if (hybrid_ != nullptr) {
+        dispatch = [&](const std::vector<int32_t>& active, const ExpertRun& run) {
+          return hybrid_->Moe(il, routing_, cur_.data(), active, run);
+        };
+      }
+      if (absl::Status st =
+              MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data(), dispatch, &moe_scratch_);
+          !st.ok()) {
         kv_->Truncate(pos0);  // the cache is left as it was
         return st;
       }
     } else {
-      DenseFfn(l.ffn_gate, l.ffn_up, l.ffn_down, cur_.data(), n, ffn_.data());
+      DenseFfn(l.ffn_gate, l.ffn_up, l.ffn_down, cur_.data(), n, ffn_.data(), &moe_scratch_);
     }
     kcpu::Axpy(1.0f, ffn_.data(), x_.data(), n * E);
   }

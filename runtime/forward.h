@@ -60,6 +60,7 @@ class Forward {
   // Scratch reused across calls to keep decode free of allocations.
   std::vector<float> x_, cur_, q_, k_, v_, attn_, ffn_;
   Routing routing_;
+  MoeScratch moe_scratch_;  // the FFN's buffers (MoE and dense layers)
 };
 
 }  // namespace moex
