@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "kernels_cpu/ops.h"
@@ -54,6 +55,20 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
   c->row_bytes_ = kcpu::RowBytes(tt, o.head_dim);
   c->budget_ = o.policy.BudgetFor(o.n_ctx);
   c->policy_ = MakeKvPolicy(o.policy);
+  c->high_budget_ = c->budget_;
+  if (c->policy_->demotes()) {
+    c->low_type_ = o.policy.bits == 8 ? GgmlType::kQ8_0 : GgmlType::kQ4_1;
+    const kcpu::TypeTraits& lt = kcpu::GetTypeTraits(c->low_type_);
+    c->low_row_bytes_ = o.head_dim % lt.block_elems == 0 ? kcpu::RowBytes(lt, o.head_dim) : 0;
+    if (c->low_row_bytes_ == 0 || c->low_row_bytes_ >= c->row_bytes_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "KV policy ", o.policy.ToString(), ": its ", KvTypeName(c->low_type_), " rows of ",
+          o.head_dim, " values are no smaller than the cache's ", KvTypeName(o.type),
+          " rows (or do not fit the head dimension); use f16 rows, or bits=4 with q8 rows"));
+    }
+    c->high_budget_ = std::clamp<int64_t>(std::llround(c->budget_ * o.policy.hi), 1, c->budget_);
+    c->low_budget_ = (c->budget_ - c->high_budget_) * c->row_bytes_ / c->low_row_bytes_;
+  }
   c->heads_.resize(o.n_layer * o.n_head_kv);
   c->ResetSplit();
   return c;
@@ -88,17 +103,35 @@ void KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k, con
       s.pos.push_back(pos0 + t);
       s.acc.push_back(0.0f);
       s.last.push_back(0.0f);
+      s.low.push_back(0);
     }
   }
-  kept_rows_ += n * o_.n_head_kv;
-  UpdatePeak();
+  bytes_ += n * o_.n_head_kv * 2 * row_bytes_;
+  peak_bytes_ = std::max(peak_bytes_, bytes_);
+}
+
+int64_t KvCache::HeadBytes(const Head& s) const {
+  const int64_t n = static_cast<int64_t>(s.slot.size());
+  return 2 * ((n - s.n_low) * row_bytes_ + s.n_low * low_row_bytes_);
+}
+
+const float* KvCache::ReadRow(const Head& s, bool key, int64_t i, float* buf) const {
+  const int64_t hd = o_.head_dim;
+  if (s.low[i]) {
+    kcpu::DequantizeRow(low_type_, (key ? s.lk : s.lv).data() + s.slot[i] * low_row_bytes_, buf,
+                        hd);
+    return buf;
+  }
+  const uint8_t* r = (key ? s.k : s.v).data() + s.slot[i] * row_bytes_;
+  if (o_.type == GgmlType::kF32) return reinterpret_cast<const float*>(r);
+  kcpu::DequantizeRow(o_.type, r, buf, hd);
+  return buf;
 }
 
 void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_t pos0,
                          int64_t n_head, float scale, bool track_sq, float* out) {
   const int64_t hd = o_.head_dim, group = n_head / o_.n_head_kv, q_stride = n_head * hd;
   const int64_t m = static_cast<int64_t>(s.slot.size());
-  const bool f32 = o_.type == GgmlType::kF32;
   // Rows are read in place and dequantised one at a time into an L1-sized buffer, never
   // as a copy of the cache. Queries go in tiles so that each row, once decoded, serves
   // every query of the tile (all of them in decode) and the score matrix stays small.
@@ -108,12 +141,6 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
   std::vector<int64_t> visible(tile);
   std::fill(s.last.begin(), s.last.end(), 0.0f);
   if (track_sq) s.last_sq.assign(m, 0.0f);
-  auto read_row = [&](const std::vector<uint8_t>& store, int64_t i) -> const float* {
-    const uint8_t* r = store.data() + s.slot[i] * row_bytes_;
-    if (f32) return reinterpret_cast<const float*>(r);
-    kcpu::DequantizeRow(o_.type, r, row.data(), hd);
-    return row.data();
-  };
   for (int64_t t0 = 0; t0 < n; t0 += tile) {
     const int64_t nt = std::min(tile, n - t0);
     // Entries are in position order, so each query's causal mask keeps a prefix.
@@ -123,7 +150,7 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
       max_visible = std::max(max_visible, visible[t]);
     }
     for (int64_t i = 0; i < max_visible; ++i) {
-      const float* k = read_row(s.k, i);
+      const float* k = ReadRow(s, true, i, row.data());
       for (int64_t t = 0; t < nt; ++t) {
         if (i >= visible[t]) continue;
         for (int64_t g = 0; g < group; ++g) {
@@ -140,7 +167,7 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
       }
     }
     for (int64_t i = 0; i < max_visible; ++i) {
-      const float* v = read_row(s.v, i);
+      const float* v = ReadRow(s, false, i, row.data());
       for (int64_t t = 0; t < nt; ++t) {
         if (i >= visible[t]) continue;
         for (int64_t g = 0; g < group; ++g) {
@@ -161,13 +188,13 @@ void KvCache::Attend(int64_t layer, const float* q, int64_t n, int64_t pos0, int
   // it, and compression waits for the last layer (see the header).
   const bool measuring = !measured_ && static_cast<int64_t>(head(layer, 0).slot.size()) > budget_;
   const bool compress = policy_->evicts() && measured_;
-  std::atomic<int64_t> evicted{0};
+  std::atomic<int64_t> delta{0};
   tbb::parallel_for(int64_t{0}, o_.n_head_kv, [&](int64_t h) {
     Head& s = head(layer, h);
     AttendHead(s, h, q, n, pos0, n_head, scale, measuring, out);
-    if (compress) evicted += Compress(s, layer_budget_[layer]);
+    if (compress) delta += Compress(s, layer_budget_[layer]);
   });
-  kept_rows_ -= evicted.load();
+  bytes_ += delta.load();
   if (!measuring) return;
   const int64_t group = n_head / o_.n_head_kv;
   double pref = 0;
@@ -182,13 +209,13 @@ void KvCache::Attend(int64_t layer, const float* q, int64_t n, int64_t pos0, int
 void KvCache::SplitBudgets() {
   layer_budget_ = LayerBudgets(o_.policy, o_.n_layer, o_.n_ctx, preference_);
   measured_ = true;
-  std::atomic<int64_t> evicted{0};
+  std::atomic<int64_t> delta{0};
   tbb::parallel_for(int64_t{0}, o_.n_layer * o_.n_head_kv, [&](int64_t i) {
     Head& s = heads_[i];
     s.last_sq = {};
-    evicted += Compress(s, layer_budget_[i / o_.n_head_kv]);
+    delta += Compress(s, layer_budget_[i / o_.n_head_kv]);
   });
-  kept_rows_ -= evicted.load();
+  bytes_ += delta.load();
 }
 
 void KvCache::ResetSplit() {
@@ -198,39 +225,73 @@ void KvCache::ResetSplit() {
 }
 
 int64_t KvCache::Compress(Head& s, int64_t budget) {
-  const int64_t before = static_cast<int64_t>(s.slot.size());
-  if (before <= budget) return 0;
-  std::vector<int32_t> evict;
-  policy_->SelectEvictions(KvHeadView{s.pos, s.acc, s.last, {}}, budget, &evict);
-  if (evict.empty()) return 0;
-  std::vector<char> drop(s.slot.size(), 0);
-  for (int32_t i : evict) drop[i] = 1;
-  size_t w = 0;
-  for (size_t i = 0; i < s.slot.size(); ++i) {
-    if (drop[i]) {
-      s.free.push_back(s.slot[i]);
-      continue;
-    }
-    s.slot[w] = s.slot[i];
-    s.pos[w] = s.pos[i];
-    s.acc[w] = s.acc[i];
-    s.last[w] = s.last[i];
-    ++w;
+  const int64_t n = static_cast<int64_t>(s.slot.size());
+  std::vector<int32_t> evict, demote;
+  const KvHeadView view{s.pos, s.acc, s.last, s.low};
+  if (policy_->demotes()) {
+    if (n - s.n_low <= high_budget_ && s.n_low <= low_budget_) return 0;
+    policy_->SelectTiers(view, high_budget_, low_budget_, &evict, &demote);
+  } else {
+    if (n <= budget) return 0;
+    policy_->SelectEvictions(view, budget, &evict);
   }
-  s.slot.resize(w);
-  s.pos.resize(w);
-  s.acc.resize(w);
-  s.last.resize(w);
-  return before - static_cast<int64_t>(w);
+  const int64_t before = HeadBytes(s);
+  if (!demote.empty()) {
+    std::vector<float> buf(o_.head_dim);
+    for (int32_t i : demote) Demote(s, i, buf.data());
+  }
+  if (!evict.empty()) {
+    std::vector<char> drop(n, 0);
+    for (int32_t i : evict) drop[i] = 1;
+    int64_t w = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (drop[i]) {
+        (s.low[i] ? s.lfree : s.free).push_back(s.slot[i]);
+        s.n_low -= s.low[i];
+        continue;
+      }
+      s.slot[w] = s.slot[i];
+      s.pos[w] = s.pos[i];
+      s.acc[w] = s.acc[i];
+      s.last[w] = s.last[i];
+      s.low[w] = s.low[i];
+      ++w;
+    }
+    s.slot.resize(w);
+    s.pos.resize(w);
+    s.acc.resize(w);
+    s.last.resize(w);
+    s.low.resize(w);
+  }
+  return HeadBytes(s) - before;
 }
 
-void KvCache::UpdatePeak() { peak_rows_ = std::max(peak_rows_, kept_rows_); }
+void KvCache::Demote(Head& s, int64_t i, float* buf) {
+  const int64_t hd = o_.head_dim;
+  int32_t slot;
+  if (!s.lfree.empty()) {
+    slot = s.lfree.back();
+    s.lfree.pop_back();
+  } else {
+    slot = static_cast<int32_t>(s.lk.size() / low_row_bytes_);
+    s.lk.resize(s.lk.size() + low_row_bytes_);
+    s.lv.resize(s.lv.size() + low_row_bytes_);
+  }
+  const float* k = ReadRow(s, true, i, buf);
+  kcpu::QuantizeRow(low_type_, k, s.lk.data() + slot * low_row_bytes_, hd);
+  const float* v = ReadRow(s, false, i, buf);
+  kcpu::QuantizeRow(low_type_, v, s.lv.data() + slot * low_row_bytes_, hd);
+  s.free.push_back(s.slot[i]);
+  s.slot[i] = slot;
+  s.low[i] = 1;
+  ++s.n_low;
+}
 
 void KvCache::Clear() {
   for (Head& s : heads_) s = Head{};
   n_past_ = 0;
-  kept_rows_ = 0;
-  peak_rows_ = 0;
+  bytes_ = 0;
+  peak_bytes_ = 0;
   ResetSplit();
 }
 
@@ -238,12 +299,17 @@ void KvCache::Truncate(int64_t n) {
   if (n < 0 || n >= n_past_) return;
   for (Head& s : heads_) {
     const size_t keep = std::lower_bound(s.pos.begin(), s.pos.end(), n) - s.pos.begin();
-    for (size_t i = keep; i < s.slot.size(); ++i) s.free.push_back(s.slot[i]);
-    kept_rows_ -= static_cast<int64_t>(s.slot.size() - keep);
+    const int64_t before = HeadBytes(s);
+    for (size_t i = keep; i < s.slot.size(); ++i) {
+      (s.low[i] ? s.lfree : s.free).push_back(s.slot[i]);
+      s.n_low -= s.low[i];
+    }
     s.slot.resize(keep);
     s.pos.resize(keep);
     s.acc.resize(keep);
     s.last.resize(keep);
+    s.low.resize(keep);
+    bytes_ += HeadBytes(s) - before;
   }
   n_past_ = n;
   // Back to where cake had not measured: the next batch past the mean measures again.
@@ -252,6 +318,24 @@ void KvCache::Truncate(int64_t n) {
 
 std::vector<int64_t> KvCache::KeptPositions(int64_t layer, int64_t h) const {
   return head(layer, h).pos;
+}
+
+std::vector<int64_t> KvCache::LowPositions(int64_t layer, int64_t h) const {
+  const Head& s = head(layer, h);
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < s.pos.size(); ++i) {
+    if (s.low[i]) out.push_back(s.pos[i]);
+  }
+  return out;
+}
+
+void KvCache::ReadEntry(int64_t layer, int64_t h, int64_t i, float* k, float* v) const {
+  const Head& s = head(layer, h);
+  const int64_t hd = o_.head_dim;
+  const float* kr = ReadRow(s, true, i, k);
+  if (kr != k) std::copy(kr, kr + hd, k);
+  const float* vr = ReadRow(s, false, i, v);
+  if (vr != v) std::copy(vr, vr + hd, v);
 }
 
 }  // namespace moex

@@ -15,9 +15,14 @@
 // or CAKE's split: the batch that first takes the cache past the mean budget measures
 // each layer's attention dispersion, and only after the last layer has attended it are
 // the budgets set and every layer compressed (the queries of that batch have all been
-// answered from the uncompressed cache, so deferring changes no output). Keys are stored after
-// RoPE, so kept positions keep their original positions. With the `full` policy and f32 rows the
-// arithmetic is exactly that of a plain cache (kernels_cpu/attention.h), bit for bit.
+// answered from the uncompressed cache, so deferring changes no output).
+//
+// mikv keeps a second pool per head, of q4 (or q8) rows: positions the policy demotes are
+// re-quantised into it instead of dropped, and attention reads them there in place. The
+// full-precision tier holds `hi` of the budget's rows and the low tier as many rows as the
+// rest of the budget's bytes pays for, so the bytes never exceed those of `budget` rows. Keys are
+// stored after RoPE, so kept positions keep their original positions. With the `full` policy and
+// f32 rows the arithmetic is exactly that of a plain cache (kernels_cpu/attention.h), bit for bit.
 //
 // The context size bounds the positions of a sequence; appending past it is kOutOfRange,
 // never a silent overwrite. Thread-safety: one sequence, one thread at a time (the
@@ -80,10 +85,18 @@ class KvCache {
   void Truncate(int64_t n);
 
   // Bytes of the kept rows now, and the most there have been since creation or Clear.
-  int64_t bytes() const { return kept_rows_ * row_bytes_ * 2; }
-  int64_t peak_bytes() const { return peak_rows_ * row_bytes_ * 2; }
-  // Positions kept for (layer, KV head), in position order.
+  int64_t bytes() const { return bytes_; }
+  int64_t peak_bytes() const { return peak_bytes_; }
+  // Positions kept for (layer, KV head), in position order; and those of them held at low
+  // precision (mikv).
   std::vector<int64_t> KeptPositions(int64_t layer, int64_t head) const;
+  std::vector<int64_t> LowPositions(int64_t layer, int64_t head) const;
+  // Decodes the key and value rows (head_dim values each) of the i-th kept entry of
+  // (layer, KV head), as attention reads them.
+  void ReadEntry(int64_t layer, int64_t head, int64_t i, float* k, float* v) const;
+  // mikv: rows per head allowed at full and at low precision.
+  int64_t high_budget() const { return high_budget_; }
+  int64_t low_budget() const { return low_budget_; }
 
  private:
   struct Head {
@@ -94,6 +107,11 @@ class KvCache {
     std::vector<int64_t> pos;
     std::vector<float> acc, last;
     std::vector<float> last_sq;  // cake's measuring batch only: sum of squared attention
+    // mikv: 1 where the entry's slot is in the low-precision pool lk/lv.
+    std::vector<uint8_t> low;
+    std::vector<uint8_t> lk, lv;
+    std::vector<int32_t> lfree;
+    int64_t n_low = 0;
   };
 
   explicit KvCache(const Options& o);
@@ -101,12 +119,18 @@ class KvCache {
   const Head& head(int64_t layer, int64_t h) const { return heads_[layer * o_.n_head_kv + h]; }
   void AttendHead(Head& hd, int64_t kv_head, const float* q, int64_t n, int64_t pos0,
                   int64_t n_head, float scale, bool track_sq, float* out);
-  // Brings a head within `budget`; returns the rows it dropped.
+  // Brings a head within `budget` (mikv: within its two tiers); returns the change in
+  // bytes.
   int64_t Compress(Head& hd, int64_t budget);
+  // mikv: moves entry i to the low-precision pool (buf: head_dim floats of scratch).
+  void Demote(Head& hd, int64_t i, float* buf);
+  // Decodes entry i's key (or value) row into buf, or points into the slot when it is
+  // stored as f32.
+  const float* ReadRow(const Head& hd, bool key, int64_t i, float* buf) const;
+  int64_t HeadBytes(const Head& hd) const;
   // cake: the last layer has attended the measuring batch; set every layer's budget.
   void SplitBudgets();
   void ResetSplit();
-  void UpdatePeak();
 
   Options o_;
   int64_t row_bytes_ = 0;
@@ -118,8 +142,10 @@ class KvCache {
   std::unique_ptr<KvPolicy> policy_;
   std::vector<Head> heads_;
   int64_t n_past_ = 0;
-  int64_t kept_rows_ = 0;  // over all heads (a key row and a value row each)
-  int64_t peak_rows_ = 0;
+  kcpu::GgmlType low_type_ = kcpu::GgmlType::kQ4_1;  // mikv
+  int64_t low_row_bytes_ = 0;
+  int64_t high_budget_ = 0, low_budget_ = 0;
+  int64_t bytes_ = 0, peak_bytes_ = 0;
 };
 
 }  // namespace moex
