@@ -18,8 +18,9 @@ absl::StatusOr<GgmlType> ParseKvType(std::string_view name) {
   if (name == "bf16") return GgmlType::kBF16;
   if (name == "q8") return GgmlType::kQ8_0;
   if (name == "q4") return GgmlType::kQ4_1;
+  if (name == "q4kivi") return kKvQ4Kivi;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown KV type '", std::string(name), "' (f32, f16, bf16, q8, q4)"));
+      absl::StrCat("unknown KV type '", std::string(name), "' (f32, f16, bf16, q8, q4, q4kivi)"));
 }
 
 const char* KvTypeName(GgmlType type) {
@@ -32,6 +33,8 @@ const char* KvTypeName(GgmlType type) {
       return "q8";
     case GgmlType::kQ4_1:
       return "q4";
+    case kKvQ4Kivi:
+      return "q4kivi";
     default:
       return "f32";
   }
@@ -45,18 +48,27 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
                                                    " ctx=", o.n_ctx, " kv heads=", o.n_head_kv,
                                                    " head dim=", o.head_dim));
   }
-  const kcpu::TypeTraits& tt = kcpu::GetTypeTraits(o.type);
+  const bool kivi = o.type == kKvQ4Kivi;
+  const kcpu::TypeTraits& tt = kcpu::GetTypeTraits(kivi ? GgmlType::kQ4_1 : o.type);
   if (o.head_dim % tt.block_elems != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV type ", KvTypeName(o.type), " stores blocks of ", tt.block_elems,
                      " values, which do not divide the head dimension ", o.head_dim, "; use f16"));
   }
   std::unique_ptr<KvCache> c(new KvCache(o));
+  c->kivi_ = kivi;
+  c->row_type_ = tt.type;
   c->row_bytes_ = kcpu::RowBytes(tt, o.head_dim);
+  // A group: kKiviGroup rows of 4-bit codes, then an f16 scale and minimum per channel.
+  c->group_bytes_ = kKiviGroup * o.head_dim / 2 + 2 * o.head_dim * 2;
   c->budget_ = o.policy.BudgetFor(o.n_ctx);
   c->policy_ = MakeKvPolicy(o.policy);
   c->high_budget_ = c->budget_;
   if (c->policy_->demotes()) {
+    if (kivi) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "KV policy ", o.policy.ToString(), " demotes rows to q4, which q4kivi rows already are"));
+    }
     c->low_type_ = o.policy.bits == 8 ? GgmlType::kQ8_0 : GgmlType::kQ4_1;
     const kcpu::TypeTraits& lt = kcpu::GetTypeTraits(c->low_type_);
     c->low_row_bytes_ = o.head_dim % lt.block_elems == 0 ? kcpu::RowBytes(lt, o.head_dim) : 0;
@@ -87,44 +99,153 @@ void KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k, con
   const int64_t hd = o_.head_dim, kv_dim = o_.n_head_kv * hd;
   for (int64_t h = 0; h < o_.n_head_kv; ++h) {
     Head& s = head(layer, h);
+    const int64_t before = HeadBytes(s);
     for (int64_t t = 0; t < n; ++t) {
       int32_t slot;
       if (!s.free.empty()) {
         slot = s.free.back();
         s.free.pop_back();
       } else {
-        slot = static_cast<int32_t>(s.k.size() / row_bytes_);
-        s.k.resize(s.k.size() + row_bytes_);
+        slot = static_cast<int32_t>(s.v.size() / row_bytes_);
+        if (!kivi_) s.k.resize(s.k.size() + row_bytes_);
         s.v.resize(s.v.size() + row_bytes_);
       }
-      kcpu::QuantizeRow(o_.type, k + t * kv_dim + h * hd, s.k.data() + slot * row_bytes_, hd);
-      kcpu::QuantizeRow(o_.type, v + t * kv_dim + h * hd, s.v.data() + slot * row_bytes_, hd);
+      const float* kt = k + t * kv_dim + h * hd;
+      if (kivi_) {
+        AppendKiviKey(s, kt);
+      } else {
+        kcpu::QuantizeRow(row_type_, kt, s.k.data() + slot * row_bytes_, hd);
+      }
+      kcpu::QuantizeRow(row_type_, v + t * kv_dim + h * hd, s.v.data() + slot * row_bytes_, hd);
       s.slot.push_back(slot);
       s.pos.push_back(pos0 + t);
       s.acc.push_back(0.0f);
       s.last.push_back(0.0f);
       s.low.push_back(0);
     }
+    while (s.n_residual >= kKiviGroup) FormKiviGroup(s);
+    bytes_ += HeadBytes(s) - before;
   }
-  bytes_ += n * o_.n_head_kv * 2 * row_bytes_;
   peak_bytes_ = std::max(peak_bytes_, bytes_);
+}
+
+void KvCache::AppendKiviKey(Head& s, const float* k) {
+  const int64_t hd = o_.head_dim;
+  int32_t r;
+  if (!s.residual_free.empty()) {
+    r = s.residual_free.back();
+    s.residual_free.pop_back();
+  } else {
+    r = static_cast<int32_t>(s.residual.size() / (hd * 2));
+    s.residual.resize(s.residual.size() + hd * 2);
+  }
+  uint16_t* dst = reinterpret_cast<uint16_t*>(s.residual.data()) + r * hd;
+  for (int64_t c = 0; c < hd; ++c) dst[c] = kcpu::FloatToHalf(k[c]);
+  s.kslot.push_back(-1 - r);
+  ++s.n_residual;
+}
+
+void KvCache::FormKiviGroup(Head& s) {
+  const int64_t hd = o_.head_dim;
+  int32_t g;
+  if (!s.group_free.empty()) {
+    g = s.group_free.back();
+    s.group_free.pop_back();
+  } else {
+    g = static_cast<int32_t>(s.group_live.size());
+    s.group_live.push_back(0);
+    s.groups.resize(s.groups.size() + group_bytes_);
+  }
+  // The oldest residual keys, in position order.
+  std::vector<int64_t> members;
+  for (int64_t i = 0; i < static_cast<int64_t>(s.kslot.size()) && members.size() < kKiviGroup;
+       ++i) {
+    if (s.kslot[i] < 0) members.push_back(i);
+  }
+  const uint16_t* res = reinterpret_cast<const uint16_t*>(s.residual.data());
+  uint8_t* base = s.groups.data() + g * group_bytes_;
+  uint16_t* scale = reinterpret_cast<uint16_t*>(base + kKiviGroup * hd / 2);
+  uint16_t* minimum = scale + hd;
+  std::fill(base, base + kKiviGroup * hd / 2, 0);
+  for (int64_t c = 0; c < hd; ++c) {
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i : members) {
+      const float x = kcpu::HalfToFloat(res[(-1 - s.kslot[i]) * hd + c]);
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+    }
+    // Codes are computed against the stored (f16-rounded) scale and minimum, so that the
+    // rounding of those adds no error beyond half a step.
+    scale[c] = kcpu::FloatToHalf((hi - lo) / 15.0f);
+    minimum[c] = kcpu::FloatToHalf(lo);
+    const float d = kcpu::HalfToFloat(scale[c]), m = kcpu::HalfToFloat(minimum[c]);
+    const float id = d > 0 ? 1.0f / d : 0.0f;
+    for (int64_t j = 0; j < static_cast<int64_t>(members.size()); ++j) {
+      const float x = kcpu::HalfToFloat(res[(-1 - s.kslot[members[j]]) * hd + c]);
+      const int code = std::clamp(static_cast<int>(std::lround((x - m) * id)), 0, 15);
+      base[j * hd / 2 + c / 2] |= static_cast<uint8_t>(code << (c % 2 ? 4 : 0));
+    }
+  }
+  for (int64_t j = 0; j < static_cast<int64_t>(members.size()); ++j) {
+    int32_t& ks = s.kslot[members[j]];
+    s.residual_free.push_back(-1 - ks);
+    ks = g * kKiviGroup + static_cast<int32_t>(j);
+  }
+  s.n_residual -= static_cast<int64_t>(members.size());
+  s.group_live[g] = static_cast<int32_t>(members.size());
+  ++s.n_groups;
+}
+
+const float* KvCache::ReadKiviKey(const Head& s, int64_t i, float* buf) const {
+  const int64_t hd = o_.head_dim;
+  const int32_t ks = s.kslot[i];
+  if (ks < 0) {
+    const uint16_t* r = reinterpret_cast<const uint16_t*>(s.residual.data()) + (-1 - ks) * hd;
+    for (int64_t c = 0; c < hd; ++c) buf[c] = kcpu::HalfToFloat(r[c]);
+    return buf;
+  }
+  const uint8_t* base = s.groups.data() + (ks / kKiviGroup) * group_bytes_;
+  const uint8_t* codes = base + (ks % kKiviGroup) * hd / 2;
+  const uint16_t* scale = reinterpret_cast<const uint16_t*>(base + kKiviGroup * hd / 2);
+  const uint16_t* minimum = scale + hd;
+  for (int64_t c = 0; c < hd; ++c) {
+    const int code = (codes[c / 2] >> (c % 2 ? 4 : 0)) & 15;
+    buf[c] = code * kcpu::HalfToFloat(scale[c]) + kcpu::HalfToFloat(minimum[c]);
+  }
+  return buf;
 }
 
 int64_t KvCache::HeadBytes(const Head& s) const {
   const int64_t n = static_cast<int64_t>(s.slot.size());
+  if (kivi_) return n * row_bytes_ + s.n_groups * group_bytes_ + s.n_residual * o_.head_dim * 2;
   return 2 * ((n - s.n_low) * row_bytes_ + s.n_low * low_row_bytes_);
+}
+
+void KvCache::Release(Head& s, int64_t i) {
+  (s.low[i] ? s.lfree : s.free).push_back(s.slot[i]);
+  s.n_low -= s.low[i];
+  if (!kivi_) return;
+  const int32_t ks = s.kslot[i];
+  if (ks < 0) {
+    s.residual_free.push_back(-1 - ks);
+    --s.n_residual;
+  } else if (--s.group_live[ks / kKiviGroup] == 0) {
+    s.group_free.push_back(ks / kKiviGroup);
+    --s.n_groups;
+  }
 }
 
 const float* KvCache::ReadRow(const Head& s, bool key, int64_t i, float* buf) const {
   const int64_t hd = o_.head_dim;
+  if (key && kivi_) return ReadKiviKey(s, i, buf);
   if (s.low[i]) {
     kcpu::DequantizeRow(low_type_, (key ? s.lk : s.lv).data() + s.slot[i] * low_row_bytes_, buf,
                         hd);
     return buf;
   }
   const uint8_t* r = (key ? s.k : s.v).data() + s.slot[i] * row_bytes_;
-  if (o_.type == GgmlType::kF32) return reinterpret_cast<const float*>(r);
-  kcpu::DequantizeRow(o_.type, r, buf, hd);
+  if (row_type_ == GgmlType::kF32) return reinterpret_cast<const float*>(r);
+  kcpu::DequantizeRow(row_type_, r, buf, hd);
   return buf;
 }
 
@@ -246,10 +367,10 @@ int64_t KvCache::Compress(Head& s, int64_t budget) {
     int64_t w = 0;
     for (int64_t i = 0; i < n; ++i) {
       if (drop[i]) {
-        (s.low[i] ? s.lfree : s.free).push_back(s.slot[i]);
-        s.n_low -= s.low[i];
+        Release(s, i);
         continue;
       }
+      if (kivi_) s.kslot[w] = s.kslot[i];
       s.slot[w] = s.slot[i];
       s.pos[w] = s.pos[i];
       s.acc[w] = s.acc[i];
@@ -262,6 +383,7 @@ int64_t KvCache::Compress(Head& s, int64_t budget) {
     s.acc.resize(w);
     s.last.resize(w);
     s.low.resize(w);
+    if (kivi_) s.kslot.resize(w);
   }
   return HeadBytes(s) - before;
 }
@@ -300,15 +422,13 @@ void KvCache::Truncate(int64_t n) {
   for (Head& s : heads_) {
     const size_t keep = std::lower_bound(s.pos.begin(), s.pos.end(), n) - s.pos.begin();
     const int64_t before = HeadBytes(s);
-    for (size_t i = keep; i < s.slot.size(); ++i) {
-      (s.low[i] ? s.lfree : s.free).push_back(s.slot[i]);
-      s.n_low -= s.low[i];
-    }
+    for (size_t i = keep; i < s.slot.size(); ++i) Release(s, static_cast<int64_t>(i));
     s.slot.resize(keep);
     s.pos.resize(keep);
     s.acc.resize(keep);
     s.last.resize(keep);
     s.low.resize(keep);
+    if (kivi_) s.kslot.resize(keep);
     bytes_ += HeadBytes(s) - before;
   }
   n_past_ = n;

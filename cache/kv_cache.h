@@ -9,6 +9,13 @@
 // q4 (Q4_1 blocks: 4 bits with a scale and a minimum per 32 values), quantised per token;
 // attention dequantises kept rows on the fly, never a full copy of the cache.
 //
+// q4kivi (KIVI, Liu et al. 2024, arXiv 2402.02750) quantises keys per channel: each run of
+// 32 keys in arrival order becomes a group with a 4-bit code per value and an f16 scale
+// and minimum per channel, since keys have outlier channels that a per-token scale would
+// spread over the whole row; values stay per token (Q4_1). Keys wait in f16 until 32 have
+// arrived (KIVI's residual). Eviction leaves holes in a group: its bytes are released when
+// its last member goes, and bytes() counts whole groups.
+//
 // After each batch of queries, Attend() hands every (layer, KV head) holding more than
 // its layer's budget to the policy (cache/kv_policy.h), which picks what to evict from the
 // attention statistics gathered here. Layer budgets are even, or PyramidKV's fixed slope,
@@ -42,7 +49,11 @@
 
 namespace moex {
 
-// "f32", "f16", "bf16", "q8", "q4" -> the block type rows are stored in.
+// The KV cache's own q4kivi layout (see above); not a ggml block type, so never passed to
+// kcpu::GetTypeTraits.
+inline constexpr kcpu::GgmlType kKvQ4Kivi = static_cast<kcpu::GgmlType>(0x4b495649);
+
+// "f32", "f16", "bf16", "q8", "q4", "q4kivi" -> the type rows are stored in.
 absl::StatusOr<kcpu::GgmlType> ParseKvType(std::string_view name);
 const char* KvTypeName(kcpu::GgmlType type);
 
@@ -112,7 +123,14 @@ class KvCache {
     std::vector<uint8_t> lk, lv;
     std::vector<int32_t> lfree;
     int64_t n_low = 0;
+    // q4kivi keys: per entry, g * kKiviGroup + j for token j of group g, or -1 - r for
+    // row r of the f16 residual.
+    std::vector<int32_t> kslot;
+    std::vector<uint8_t> groups, residual;
+    std::vector<int32_t> group_live, group_free, residual_free;
+    int64_t n_groups = 0, n_residual = 0;
   };
+  static constexpr int64_t kKiviGroup = 32;
 
   explicit KvCache(const Options& o);
   Head& head(int64_t layer, int64_t h) { return heads_[layer * o_.n_head_kv + h]; }
@@ -128,12 +146,22 @@ class KvCache {
   // stored as f32.
   const float* ReadRow(const Head& hd, bool key, int64_t i, float* buf) const;
   int64_t HeadBytes(const Head& hd) const;
+  // Frees the storage of entry i (its slots; the index itself stays until compaction).
+  void Release(Head& hd, int64_t i);
+  // q4kivi: stores a key in the residual; quantises the oldest kKiviGroup residual keys
+  // into a group; decodes entry i's key.
+  void AppendKiviKey(Head& hd, const float* k);
+  void FormKiviGroup(Head& hd);
+  const float* ReadKiviKey(const Head& hd, int64_t i, float* buf) const;
   // cake: the last layer has attended the measuring batch; set every layer's budget.
   void SplitBudgets();
   void ResetSplit();
 
   Options o_;
   int64_t row_bytes_ = 0;
+  bool kivi_ = false;
+  kcpu::GgmlType row_type_ = kcpu::GgmlType::kF32;  // of the pools k, v (kivi: v only)
+  int64_t group_bytes_ = 0;                         // kivi
   int64_t budget_ = 0;
   std::vector<int64_t> layer_budget_;
   // cake: whether the split is set, and each layer's measured preference until it is.
