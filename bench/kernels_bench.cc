@@ -4,10 +4,12 @@
 // second, so the two figures compare directly (bytes_per_second counters). BM_MatVecLevel
 // runs MatMul's decode path (Q8 activations, integer vec_dots) at each ISA level the CPU
 // has (third argument: 0 scalar, 1 AVX2, 2 AVX-512), to see what each level buys;
-// BM_VecDotInCache is one core's arithmetic rate per level on L2-resident weights.
+// BM_VecDotInCache is one core's arithmetic rate per level on L2-resident weights;
+// BM_ExpertLayer compares a MoE layer's experts run one at a time with MatMulMany.
 //
 //   build/release/bench/moex_kernels_bench --benchmark_counters_tabular=true
 //   build/release/bench/moex_kernels_bench --benchmark_filter='MemoryRead|MatVecLevel|InCache'
+//   build/release/bench/moex_kernels_bench --benchmark_filter='MemoryRead/2|ExpertLayer'
 #include <benchmark/benchmark.h>
 
 #include <cstring>
@@ -141,6 +143,95 @@ BENCHMARK(BM_MatVecLevel)
                    {0, 1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+// The routed experts of one MoE layer of the scaled Qwen3-30B-A3B shape (8 active of 64,
+// gate/up 768 x 2048 Q4_K, down 2048 x 768 Q6_K as in a Q4_K_M file): second argument 0
+// runs them one at a time, three MatMuls each with its own parallel region (how
+// MoeForward ran before the batched executor), 1 as two MatMulMany regions (gate/up of all
+// experts, then their downs). Each iteration takes the next 8 of the 64 experts, so the
+// 190 MB of weights stream from memory as in a decode step, not from the 32 MiB L3.
+// bytes_per_second counts the weight bytes read; compare with BM_MemoryRead/2 of the
+// same run. First argument: tokens per expert (1: decode).
+void BM_ExpertLayer(benchmark::State& state) {
+  const int64_t n_tok = state.range(0);
+  const bool batched = state.range(1) != 0;
+  constexpr int64_t kEmbd = 2048, kFf = 768, kExperts = 64, kActive = 8;
+  const GgmlType gu_type = GgmlType::kQ4_K, down_type = GgmlType::kQ6_K;
+  const int64_t gu_bytes = kFf * RowBytes(GetTypeTraits(gu_type), kEmbd);
+  const int64_t down_bytes = kEmbd * RowBytes(GetTypeTraits(down_type), kFf);
+  const int64_t expert_bytes = 2 * gu_bytes + down_bytes;
+  // Two distinct experts quantised, tiled over the 64 (quantising all takes too long;
+  // repeated bytes stream from memory like any others).
+  std::vector<uint8_t> w(kExperts * expert_bytes);
+  {
+    std::mt19937_64 rng(4);
+    std::normal_distribution<float> d(0, 0.05f);
+    std::vector<float> row(kEmbd);
+    auto fill = [&](GgmlType type, int64_t rows, int64_t cols, uint8_t* dst) {
+      const int64_t rb = RowBytes(GetTypeTraits(type), cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) row[c] = d(rng);
+        QuantizeRow(type, row.data(), dst + r * rb, cols);
+      }
+    };
+    for (int64_t e = 0; e < 2; ++e) {
+      uint8_t* base = w.data() + e * expert_bytes;
+      fill(gu_type, kFf, kEmbd, base);
+      fill(gu_type, kFf, kEmbd, base + gu_bytes);
+      fill(down_type, kEmbd, kFf, base + 2 * gu_bytes);
+    }
+    for (int64_t e = 2; e < kExperts; ++e) {
+      std::memcpy(w.data() + e * expert_bytes, w.data() + (e % 2) * expert_bytes, expert_bytes);
+    }
+  }
+  std::vector<float> x(n_tok * kEmbd);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> d(0, 1.0f);
+  for (float& v : x) v = d(rng);
+  std::vector<float> g(kActive * n_tok * kFf), u(g.size()), y(kActive * n_tok * kEmbd);
+  std::vector<MatMulTask> tasks;
+  int64_t group = 0;
+  for (auto _ : state) {
+    const int64_t e0 = (group++ % (kExperts / kActive)) * kActive;
+    auto gate = [&](int64_t j) { return w.data() + (e0 + j) * expert_bytes; };
+    auto up = [&](int64_t j) { return gate(j) + gu_bytes; };
+    auto down = [&](int64_t j) { return gate(j) + 2 * gu_bytes; };
+    float* gj = g.data();
+    if (!batched) {
+      for (int64_t j = 0; j < kActive; ++j) {
+        float* gp = g.data() + j * n_tok * kFf;
+        float* up_out = u.data() + j * n_tok * kFf;
+        MatMul(gu_type, gate(j), kFf, kEmbd, x.data(), n_tok, gp);
+        MatMul(gu_type, up(j), kFf, kEmbd, x.data(), n_tok, up_out);
+        SwiGlu(gp, up_out, n_tok * kFf);
+        MatMul(down_type, down(j), kEmbd, kFf, gp, n_tok, y.data() + j * n_tok * kEmbd);
+      }
+    } else {
+      tasks.clear();
+      for (int64_t j = 0; j < kActive; ++j) {
+        tasks.push_back(
+            {gu_type, gate(j), kFf, kEmbd, x.data(), nullptr, n_tok, g.data() + j * n_tok * kFf});
+        tasks.push_back(
+            {gu_type, up(j), kFf, kEmbd, x.data(), nullptr, n_tok, u.data() + j * n_tok * kFf});
+      }
+      MatMulMany(tasks);
+      SwiGlu(gj, u.data(), kActive * n_tok * kFf);
+      tasks.clear();
+      for (int64_t j = 0; j < kActive; ++j) {
+        tasks.push_back({down_type, down(j), kEmbd, kFf, g.data() + j * n_tok * kFf, nullptr, n_tok,
+                         y.data() + j * n_tok * kEmbd});
+      }
+      MatMulMany(tasks);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * kActive * expert_bytes);
+  state.SetLabel(batched ? "batched (2 regions)" : "per expert (24 regions)");
+}
+BENCHMARK(BM_ExpertLayer)
+    ->ArgsProduct({{1, 4}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 // One core's arithmetic rate: the vec_dot of one level over a 64 x 4096 matrix that stays
 // in L2, single-threaded, in CPU time (so other load on the machine barely moves it). A

@@ -258,8 +258,19 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
   // every query of the tile (all of them in decode) and the score matrix stays small.
   constexpr int64_t kTile = 32;
   const int64_t tile = std::min(kTile, n);
-  std::vector<float> row(hd), scores(tile * group * m);
-  std::vector<int64_t> visible(tile);
+  // Per-thread scratch, grown once, so decode allocates nothing here. Nothing below can
+  // run other TBB work on this thread (no parallel calls), so no nested AttendHead can
+  // take these buffers while they are in use. Score tiles beyond 4 MiB (a long prefill)
+  // are allocated per call instead, so no worker keeps that much for the session.
+  thread_local std::vector<float> row, tls_scores;
+  thread_local std::vector<int64_t> visible;
+  std::vector<float> big_scores;
+  if (row.size() < static_cast<size_t>(hd)) row.resize(hd);
+  if (visible.size() < static_cast<size_t>(tile)) visible.resize(tile);
+  const size_t n_scores = static_cast<size_t>(tile * group * m);
+  std::vector<float>& score_buf = n_scores <= (size_t{1} << 20) ? tls_scores : big_scores;
+  if (score_buf.size() < n_scores) score_buf.resize(n_scores);
+  float* const scores = score_buf.data();
   std::fill(s.last.begin(), s.last.end(), 0.0f);
   if (track_sq) s.last_sq.assign(m, 0.0f);
   for (int64_t t0 = 0; t0 < n; t0 += tile) {
@@ -282,7 +293,7 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
     }
     for (int64_t t = 0; t < nt; ++t) {
       for (int64_t g = 0; g < group; ++g) {
-        kcpu::Softmax(scores.data() + (t * group + g) * m, visible[t]);
+        kcpu::Softmax(scores + (t * group + g) * m, visible[t]);
         float* oh = out + (t0 + t) * q_stride + (kvh * group + g) * hd;
         std::fill(oh, oh + hd, 0.0f);
       }
