@@ -86,6 +86,9 @@ struct Session::Impl {
   Stats stats;
   RoutingCallback routing_callback;
   std::unique_ptr<PredictorMeter> meter;
+  PredictionCallback prediction_callback;
+  int prediction_distance = 0;
+  int64_t layer_pos0 = 0;             // position of the batch the meter is looking at
   std::unique_ptr<HybridRun> hybrid;  // null on cpu
 
   // The device clock now (0 on cpu).
@@ -97,6 +100,8 @@ struct Session::Impl {
 
   // The forward pass has one observer; it serves the routing callback and the meter.
   void InstallObserver();
+  // Hands the meter's guesses to prediction_callback (or none when it is empty).
+  void InstallGuessSink();
 
   absl::Status Feed(std::span<const int32_t> tokens, bool all_logits, std::vector<float>* logits);
 };
@@ -206,6 +211,7 @@ void Session::Impl::InstallObserver() {
   }
   forward->set_routing_observer([this](const MoeLayerEvent& ev) {
     const Routing& r = *ev.routing;
+    layer_pos0 = ev.pos0;
     if (meter) meter->OnLayer(ev.layer, ev.n_tokens, ev.moe_input, ev.residual, r.experts.data());
     if (!routing_callback) return;
     RoutingEvent e;
@@ -233,7 +239,39 @@ void Session::EnablePredictorAccuracy(int max_distance) {
   for (const LayerWeights& l : w.layers) layers.push_back({l.moe.router, l.ffn_norm.data()});
   impl_->meter = std::make_unique<PredictorMeter>(std::move(layers), w.hp.n_embd, w.hp.n_expert,
                                                   w.hp.n_expert_used, w.hp.rms_eps, max_distance);
+  impl_->InstallGuessSink();
   impl_->InstallObserver();
+}
+
+void Session::Impl::InstallGuessSink() {
+  if (!meter) return;
+  if (!prediction_callback) {
+    meter->set_guess_sink(nullptr);
+    return;
+  }
+  meter->set_guess_sink([this](int p, int d, int64_t layer, int64_t n, const int32_t* ids) {
+    if (d > prediction_distance) return;
+    PredictionEvent e;
+    e.predictor = PredictorMeter::kNames[p];
+    e.layer = static_cast<int32_t>(layer);
+    e.distance = d;
+    e.pos0 = layer_pos0;
+    e.n_tokens = static_cast<int32_t>(n);
+    e.k = static_cast<int32_t>(model->weights.hp.n_expert_used);
+    e.experts = ids;
+    prediction_callback(e);
+  });
+}
+
+void Session::SetPredictionCallback(int max_distance, PredictionCallback callback) {
+  impl_->prediction_callback = std::move(callback);
+  impl_->prediction_distance = max_distance;
+  if (impl_->prediction_callback &&
+      (!impl_->meter || impl_->meter->max_distance() < max_distance)) {
+    EnablePredictorAccuracy(max_distance);  // installs the sink
+    return;
+  }
+  impl_->InstallGuessSink();
 }
 
 std::vector<PredictorAccuracy> Session::predictor_accuracy() const {

@@ -18,7 +18,8 @@ namespace moex::cli {
 namespace {
 
 constexpr char kHelp[] =
-    "usage: moex trace -m MODEL --file TEXT [--ctx N] [--decode] [--probs] -o OUT.trace\n"
+    "usage: moex trace -m MODEL --file TEXT [--ctx N] [--decode] [--probs] [--predict D]\n"
+    "                  -o OUT.trace\n"
     "  -m MODEL       a GGUF MoE model\n"
     "  --file TEXT    the text, tokenized with the model's tokenizer and cut into windows\n"
     "  --ctx N        window size in tokens: BOS + N-1 text tokens, each window its own\n"
@@ -26,6 +27,8 @@ constexpr char kHelp[] =
     "  --max-windows N  stop after N windows                              (default: all)\n"
     "  --decode       run each window token by token (decode) instead of one prefill\n"
     "  --probs        also record the full router probabilities (large)\n"
+    "  --predict D    also record the cross-layer gates' guesses for layers l+1 .. l+D\n"
+    "                 (trace format version 2; `moex lrc` scores them)\n"
     "  -o OUT.trace   the trace file\n"
     "  -t N           threads                                   (default: physical cores)\n";
 
@@ -34,7 +37,7 @@ constexpr char kHelp[] =
 int CmdTrace(int argc, char** argv) {
   Args a;
   std::string err;
-  if (!a.Parse(argc, argv, {"model", "file", "ctx", "output", "threads", "max-windows"},
+  if (!a.Parse(argc, argv, {"model", "file", "ctx", "output", "threads", "max-windows", "predict"},
                {"help", "decode", "probs"}, &err)) {
     return Usage("trace", err);
   }
@@ -48,8 +51,12 @@ int CmdTrace(int argc, char** argv) {
   const int64_t ctx = a.Int("ctx", 256, &err);
   const int64_t max_windows = a.Int("max-windows", -1, &err);
   const int threads = static_cast<int>(a.Int("threads", 0, &err));
+  const int64_t predict = a.Int("predict", 0, &err);
   if (!err.empty()) return Usage("trace", err);
   if (ctx < 2 || ctx > (1 << 20)) return Usage("trace", "--ctx must be between 2 and 1048576");
+  if (a.Has("predict") && (predict < 1 || predict > 4096)) {
+    return Usage("trace", "--predict must be between 1 and 4096");
+  }
 
   std::string text;
   if (!ReadFile(a.Str("file"), &text)) {
@@ -87,6 +94,15 @@ int CmdTrace(int argc, char** argv) {
   h.num_layers = info.n_layer;
   h.has_weights = true;
   h.has_probs = a.Has("probs");
+  // The gates guess layers l+1 .. l+D; the last layer is at most L-1 layers away.
+  const int distance = static_cast<int>(std::min<int64_t>(predict, info.n_layer - 1));
+  if (a.Has("predict") && distance < 1) {
+    return Fail("trace", absl::StrCat(a.Str("model"), ": one MoE layer, nothing to predict"));
+  }
+  if (distance > 0) {
+    h.predictors = {"cross-layer-gate", "cross-layer-gate-resid"};
+    h.predict_distance = distance;
+  }
   absl::StatusOr<std::unique_ptr<TraceWriter>> writer = TraceWriter::Create(a.Str("output"), h);
   if (!writer.ok()) return Fail("trace", std::string(writer.status().message()));
 
@@ -102,6 +118,17 @@ int CmdTrace(int argc, char** argv) {
                          ev.probs ? ev.probs + static_cast<size_t>(t) * ev.n_expert : nullptr);
     }
   });
+  if (distance > 0) {
+    (*session)->SetPredictionCallback(distance, [&](const PredictionEvent& ev) {
+      const auto it = std::find(h.predictors.begin(), h.predictors.end(), ev.predictor);
+      if (it == h.predictors.end()) return;  // a predictor this trace does not record
+      const int32_t p = static_cast<int32_t>(it - h.predictors.begin());
+      for (int32_t t = 0; t < ev.n_tokens && cb_status.ok(); ++t) {
+        cb_status = (*writer)->AddPrediction(ev.pos0 + t, ev.layer, p, ev.distance,
+                                             ev.experts + static_cast<size_t>(t) * ev.k);
+      }
+    });
+  }
   for (int64_t w = 0; w < windows; ++w) {
     const std::vector<int32_t>& window = all_windows[w];
     (*session)->Reset();
@@ -132,6 +159,9 @@ int CmdTrace(int argc, char** argv) {
       static_cast<long long>(info.n_layer), h.top_k, h.num_experts,
       left > 0 ? absl::StrCat("; ", left, " text tokens left over (not a full window)").c_str()
                : "");
+  if (distance > 0) {
+    std::fprintf(stderr, "guesses recorded for distances 1..%d (moex lrc scores them)\n", distance);
+  }
   return 0;
 }
 

@@ -136,6 +136,21 @@ struct PredictorAccuracy {
   int64_t samples = 0;
 };
 
+// One predictor's guess of MoE layer `layer`'s experts for a batch of tokens (positions
+// pos0 .. pos0 + n_tokens - 1), made when the layer `distance` before it ran: for token t,
+// experts[t * k + j], best first. The pointer is valid only during the callback.
+struct PredictionEvent {
+  const char* predictor = "";  // "cross-layer-gate" or "cross-layer-gate-resid"
+  int32_t layer = 0;
+  int32_t distance = 1;
+  int64_t pos0 = 0;
+  int32_t n_tokens = 0;
+  int32_t k = 0;
+  const int32_t* experts = nullptr;
+};
+// Called on the session's thread; it must not call back into the session.
+using PredictionCallback = std::function<void(const PredictionEvent& event)>;
+
 class Model;
 
 class Session {
@@ -169,6 +184,11 @@ class Session {
   // (statistics survive Reset). Costs a router product per guessed layer.
   void EnablePredictorAccuracy(int max_distance);
   std::vector<PredictorAccuracy> predictor_accuracy() const;
+  // Observes the guesses of the predictors that read hidden states (the cross-layer
+  // gates) for the layers 1..max_distance ahead, as the forward pass makes them (routing
+  // traces with predictions); enables EnablePredictorAccuracy(max_distance) when it is
+  // off or shorter. An empty callback stops it.
+  void SetPredictionCallback(int max_distance, PredictionCallback callback);
   int64_t position() const;  // tokens in the KV cache
   int64_t context() const;
   // Bytes of the KV cache's kept rows now, and the peak since the session started or

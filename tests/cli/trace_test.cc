@@ -321,5 +321,43 @@ TEST(TraceCliTest, LrcPredictorsAndTokenGroupingOnAnImport) {
   EXPECT_NE(out.find("\"token_grouping\":{}"), std::string::npos);
 }
 
+// `moex trace --predict D` records the cross-layer gates' guesses; `moex lrc` scores them to
+// exactly what `moex predict` measures inside the forward pass on the same windows.
+TEST(TraceCliTest, PredictRecordsWhatPredictMeasures) {
+  const std::string model = TestDataDir() + "/tiny-moe/tiny-moe-f32.gguf";
+  const std::string text = Slurp(TestDataDir() + "/tiny-moe/val-kjv.txt").substr(0, 3000);
+  if (text.empty()) GTEST_SKIP() << "no tiny-moe";
+  const std::string dir = testing::MakeTempDir();
+  { std::ofstream(dir + "/t.txt") << text; }
+  std::string out, lrc, pred;
+  ASSERT_EQ(MoexRun("trace -m " + Q(model) + " --file " + Q(dir + "/t.txt") +
+                        " --ctx 128 --predict 2 -o " + Q(dir + "/t.trace"),
+                    &out),
+            0)
+      << out;
+  ASSERT_EQ(MoexRun("lrc " + Q(dir + "/t.trace") + " --m 16 --no-policies --json", &lrc), 0);
+  ASSERT_EQ(MoexRun("predict -m " + Q(model) + " --file " + Q(dir + "/t.txt") +
+                        " -c 128 --distance 2 --json",
+                    &pred),
+            0)
+      << pred;
+  for (const char* name : {"cross-layer-gate", "cross-layer-gate-resid"}) {
+    // The model-level block of each predictor, from both outputs: "<name>":{"1":{...},"2":{...}}
+    auto block = [&](const std::string& s) {
+      const size_t p = s.find(std::string("\"") + name + "\":{\"1\"");
+      return p == std::string::npos ? std::string() : s.substr(p, s.find("}}", p) - p);
+    };
+    const std::string a = block(lrc), b = block(pred);
+    ASSERT_FALSE(a.empty()) << lrc;
+    EXPECT_EQ(a, b) << name;
+    EXPECT_NE(a.find("\"samples\":"), std::string::npos);
+  }
+  EXPECT_EQ(MoexErr("trace -m " + Q(model) + " --file " + Q(dir + "/t.txt") + " --predict 0 -o " +
+                        Q(dir + "/u.trace"),
+                    &out),
+            2);
+  EXPECT_NE(out.find("--predict must be between 1 and 4096"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace moex
