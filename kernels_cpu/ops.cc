@@ -244,15 +244,15 @@ void MatMulManyImpl(std::span<const MatMulTask> tasks, const IsaLevel* level) {
   // One parallel region over every (task, row block): with a layer's experts in one call,
   // each core streams weights from the start to the end of the layer instead of meeting
   // the other at a barrier after every small matrix.
-  tbb::parallel_for(
-      tbb::blocked_range<size_t>(0, ws.chunks.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
-        for (size_t c = r.begin(); c < r.end(); ++c) {
-          const Chunk& ch = ws.chunks[c];
-          const Plan& p = ws.plans[ch.task];
-          const uint8_t* txq = p.source >= 0 ? xq + ws.sources[p.source].offset : nullptr;
-          RunChunk(tasks[ch.task], p, txq, ch.begin, ch.end);
-        }
-      });
+  auto run = [&](const tbb::blocked_range<size_t>& r) {
+    for (size_t c = r.begin(); c < r.end(); ++c) {
+      const Chunk& ch = ws.chunks[c];
+      const Plan& p = ws.plans[ch.task];
+      const uint8_t* txq = p.source >= 0 ? xq + ws.sources[p.source].offset : nullptr;
+      RunChunk(tasks[ch.task], p, txq, ch.begin, ch.end);
+    }
+  };
+  tbb::parallel_for(tbb::blocked_range<size_t>(0, ws.chunks.size(), 1), run);
 }
 
 }  // namespace

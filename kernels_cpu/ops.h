@@ -6,7 +6,9 @@
 // MatMul on quantised weights, which runs the hand-written integer vec_dots of vec_dot.h
 // (scalar / AVX2 / AVX-512 chosen at run time); its tests compare it with the exact
 // product of the dequantised weights.
-// Thread-safety: pure functions; MatMul parallelises internally.
+// Thread-safety: pure functions; MatMul and MatMulMany parallelise internally and may be
+// called from inside another call's parallel region (each nesting level gets its own
+// scratch).
 #ifndef MOEX_KERNELS_CPU_OPS_H_
 #define MOEX_KERNELS_CPU_OPS_H_
 
