@@ -6,7 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "kernels_cpu/ops.h"
+#include "predictor/expert_predictor.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/device/calibrate.h"
 
@@ -137,10 +137,10 @@ absl::Status HybridRun::Dense(int64_t layer) {
   const LayerWeights& l = w_->layers[layer];
   // Weights once; each token's K/V reads (f16) and its attention arithmetic; projections.
   const double kv = 2.0 * 2.0 * hp.kv_dim() * kv_positions_;
-  const double params = (Bytes(l.wq) + Bytes(l.wk) + Bytes(l.wv) + Bytes(l.wo)) > 0
-                            ? static_cast<double>(l.wq.rows * l.wq.cols + l.wk.rows * l.wk.cols +
-                                                  l.wv.rows * l.wv.cols + l.wo.rows * l.wo.cols)
-                            : 0.0;
+  double params = 0;
+  for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo}) {
+    if (m->valid()) params += static_cast<double>(m->rows) * m->cols;
+  }
   const WorkCost c{dense_bytes_[layer] + kv * n_tokens_,
                    2.0 * params * n_tokens_ + 4.0 * kv_positions_ * hp.q_dim() * n_tokens_};
   return hybrid_->RunDense(c, nullptr);
@@ -156,22 +156,14 @@ absl::Status HybridRun::Moe(int64_t layer, const Routing& routing, const float* 
   in.experts = routing.experts.data();
   in.scores = routing.weights.data();
   if (layer + 1 < hp.n_layer && hybrid_->prefetch() != PrefetchMode::kNone) {
-    // Cross-layer gate: the next layer's router on this layer's input, its top-k per token.
-    const WeightMatrix& r = w_->layers[layer + 1].moe.router;
-    const int64_t E = hp.n_expert, K = hp.n_expert_used, n = routing.n_tokens;
-    gate_.resize(n * E);
-    kcpu::MatMul(r.type, r.data, E, r.cols, moe_input, n, gate_.data());
-    std::vector<int32_t> count(E, 0), order(E);
-    for (int64_t t = 0; t < n; ++t) {
-      const float* p = gate_.data() + t * E;
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + K, order.end(), [p](int32_t a, int32_t b) {
-        return p[a] > p[b] || (p[a] == p[b] && a < b);
-      });
-      for (int64_t j = 0; j < K; ++j) ++count[order[j]];
-    }
+    // Cross-layer gate (predictor/): the next layer's router on this layer's input, its
+    // top-k per token, counted per expert.
+    GateTopK(w_->layers[layer + 1].moe.router, moe_input, routing.n_tokens, hp.n_expert_used,
+             &guess_ids_);
+    std::vector<int32_t> count(hp.n_expert, 0);
+    for (int32_t e : guess_ids_) ++count[e];
     // The gate's measured recall on tiny-moe is 0.75 one layer ahead (docs/PREDICTOR.md).
-    for (int32_t e = 0; e < E; ++e) {
+    for (int32_t e = 0; e < hp.n_expert; ++e) {
       if (count[e] > 0) in.next.push_back(ExpertGuess{e, count[e], 0.75});
     }
   }

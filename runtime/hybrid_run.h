@@ -70,7 +70,7 @@ class HybridRun {
   double head_bytes_ = 0;
   double expert_bytes_ = 0;
   int64_t step_ = 0, n_tokens_ = 1, kv_positions_ = 0;
-  std::vector<float> gate_;  // the cross-layer gate's scratch
+  std::vector<int32_t> guess_ids_;  // the cross-layer gate's guesses, [tokens][k]
 };
 
 }  // namespace moex
