@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -57,6 +58,16 @@ int RunCommand(const std::string& command, std::string* output) {
   while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) output->append(buf.data(), n);
   int rc = pclose(p);
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+}
+
+double JsonNumber(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\":";
+  const size_t at = json.find(k);
+  if (at == std::string::npos) return std::nan("");
+  const char* begin = json.c_str() + at + k.size();
+  char* end = nullptr;
+  const double v = std::strtod(begin, &end);
+  return end == begin ? std::nan("") : v;
 }
 
 }  // namespace moex::testing

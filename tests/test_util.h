@@ -26,6 +26,10 @@ bool ReadLogitsFile(const std::string& path, Logits* out, std::string* error);
 // Runs a shell command; returns its exit code and fills stdout+stderr.
 int RunCommand(const std::string& command, std::string* output);
 
+// The number after the first "key": in a JSON text (the CLI's --json output); NaN when the
+// key is absent or its value is not a number.
+double JsonNumber(const std::string& json, const std::string& key);
+
 }  // namespace moex::testing
 
 #endif  // MOEX_TESTS_TEST_UTIL_H_

@@ -11,6 +11,7 @@ namespace moex {
 namespace {
 
 using ::moex::testing::BinaryPath;
+using ::moex::testing::JsonNumber;
 using ::moex::testing::MakeTempDir;
 using ::moex::testing::RunCommand;
 
@@ -24,17 +25,6 @@ int Calibrate(const std::string& cache, const std::string& args, std::string* ou
                     out);
 }
 
-// The number after "key": in a flat JSON object; NaN when absent or not a number.
-double Field(const std::string& json, const std::string& key) {
-  const std::string k = "\"" + key + "\":";
-  const size_t at = json.find(k);
-  if (at == std::string::npos) return std::nan("");
-  const char* begin = json.c_str() + at + k.size();
-  char* end = nullptr;
-  const double v = std::strtod(begin, &end);
-  return end == begin ? std::nan("") : v;
-}
-
 TEST(CalibrateCliTest, JsonFieldsAndTheCache) {
   const std::string cache = MakeTempDir();
   const std::string args = "--hidden 256 --ffn 512 --type q4_K --quick --json";
@@ -44,23 +34,23 @@ TEST(CalibrateCliTest, JsonFieldsAndTheCache) {
   ASSERT_EQ(out.substr(out.size() - 2), "}\n") << out;
   for (const char* key : {"cpu_mem_gbps", "cpu_expert_us_t1", "cpu_expert_us_t32", "cpu_gflops",
                           "mem_gbps", "gflops", "cores", "expert_bytes"}) {
-    const double v = Field(out, key);
+    const double v = JsonNumber(out, key);
     EXPECT_TRUE(v > 0) << key << " in " << out;
   }
-  EXPECT_GT(Field(out, "cpu_expert_us_t32"), Field(out, "cpu_expert_us_t1"));
+  EXPECT_GT(JsonNumber(out, "cpu_expert_us_t32"), JsonNumber(out, "cpu_expert_us_t1"));
   EXPECT_NE(out.find("\"host\":{\"name\":\"host\""), std::string::npos) << out;
   EXPECT_NE(out.find("\"cached\":false"), std::string::npos) << out;
   // This build machine has no GPU: the field is null and the reason is given.
   if (out.find("\"gpu\":null") != std::string::npos) {
     EXPECT_EQ(out.find("\"no_gpu_reason\":\"\""), std::string::npos) << out;
   } else {
-    EXPECT_GT(Field(out, "h2d_gbps"), 0) << out;
+    EXPECT_GT(JsonNumber(out, "h2d_gbps"), 0) << out;
   }
 
   std::string again;
   ASSERT_EQ(Calibrate(cache, args, &again), 0);
   EXPECT_NE(again.find("\"cached\":true"), std::string::npos) << again;
-  EXPECT_EQ(Field(again, "cpu_expert_us_t1"), Field(out, "cpu_expert_us_t1"));
+  EXPECT_EQ(JsonNumber(again, "cpu_expert_us_t1"), JsonNumber(out, "cpu_expert_us_t1"));
   ASSERT_EQ(Calibrate(cache, args + " --fresh", &again), 0);
   EXPECT_NE(again.find("\"cached\":false"), std::string::npos) << again;
 }

@@ -11,6 +11,7 @@ namespace moex {
 namespace {
 
 using ::moex::testing::BinaryPath;
+using ::moex::testing::JsonNumber;
 using ::moex::testing::RunCommand;
 using ::moex::testing::TestDataDir;
 
@@ -19,16 +20,6 @@ int Moex(const std::string& args, std::string* out, bool keep_stderr = false) {
   return RunCommand(
       "{ '" + BinaryPath("tools/moex") + "' " + args + (keep_stderr ? "" : " 2>/dev/null") + "; }",
       out);
-}
-
-double Field(const std::string& json, const std::string& key) {
-  const std::string k = "\"" + key + "\":";
-  const size_t at = json.find(k);
-  if (at == std::string::npos) return std::nan("");
-  const char* begin = json.c_str() + at + k.size();
-  char* end = nullptr;
-  const double v = std::strtod(begin, &end);
-  return end == begin ? std::nan("") : v;
 }
 
 std::string MixtralTrace() {
@@ -45,10 +36,10 @@ TEST(SimCliTest, JsonHasTheFiguresTheIssueNames) {
   ASSERT_EQ(out.front(), '{') << out;
   for (const char* key : {"decode_tps", "hit_rate", "bytes_copied_per_token", "stall_ms_per_token",
                           "cpu_ms_per_token", "slots"}) {
-    EXPECT_FALSE(std::isnan(Field(out, key))) << key << " in " << out;
+    EXPECT_FALSE(std::isnan(JsonNumber(out, key))) << key << " in " << out;
   }
-  EXPECT_GT(Field(out, "decode_tps"), 0);
-  EXPECT_EQ(Field(out, "slots"), 64);  // 25% of 32 x 8
+  EXPECT_GT(JsonNumber(out, "decode_tps"), 0);
+  EXPECT_EQ(JsonNumber(out, "slots"), 64);  // 25% of 32 x 8
   EXPECT_NE(out.find("\"policy\":\"hybrid\""), std::string::npos);
   EXPECT_NE(out.find("\"predictor\":\"previous-token\""), std::string::npos);
 
@@ -88,9 +79,9 @@ TEST(SimCliTest, BenchOnTheSimulatedDevice) {
       << out;
   for (const char* key : {"sim_prefill_tps", "sim_decode_tps", "hit_rate", "bytes_copied_per_token",
                           "stall_ms_per_token", "decode_tps"}) {
-    EXPECT_FALSE(std::isnan(Field(out, key))) << key << " in " << out;
+    EXPECT_FALSE(std::isnan(JsonNumber(out, key))) << key << " in " << out;
   }
-  EXPECT_GT(Field(out, "sim_decode_tps"), 0);
+  EXPECT_GT(JsonNumber(out, "sim_decode_tps"), 0);
   EXPECT_NE(out.find("\"layers\":[{\"gpu_experts\":"), std::string::npos) << out;
 }
 
