@@ -5,13 +5,17 @@
 // runs MatMul's decode path (Q8 activations, integer vec_dots) at each ISA level the CPU
 // has (third argument: 0 scalar, 1 AVX2, 2 AVX-512), to see what each level buys;
 // BM_VecDotInCache is one core's arithmetic rate per level on L2-resident weights;
-// BM_ExpertLayer compares a MoE layer's experts run one at a time with MatMulMany.
+// BM_ExpertLayer compares a MoE layer's experts run one at a time with MatMulMany;
+// BM_PrefillGemm one expert matrix at 32 tokens, one vec_dot per (row, token) against the
+// batched kernels.
 //
 //   build/release/bench/moex_kernels_bench --benchmark_counters_tabular=true
 //   build/release/bench/moex_kernels_bench --benchmark_filter='MemoryRead|MatVecLevel|InCache'
 //   build/release/bench/moex_kernels_bench --benchmark_filter='MemoryRead/2|ExpertLayer'
+//   build/release/bench/moex_kernels_bench --benchmark_filter=PrefillGemm
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -24,6 +28,7 @@
 #include "kernels_cpu/vec_dot.h"
 #include "tbb/blocked_range.h"
 #include "tbb/global_control.h"
+#include "tbb/parallel_for.h"
 #include "tbb/parallel_reduce.h"
 
 namespace moex::kcpu {
@@ -230,6 +235,74 @@ void BM_ExpertLayer(benchmark::State& state) {
 }
 BENCHMARK(BM_ExpertLayer)
     ->ArgsProduct({{1, 4}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// Prefill of one expert matrix: y = W x for 32 tokens, W one of a Qwen3-30B-A3B-shaped
+// expert's matrices (gate/up 768 x 2048 Q4_K or Q5_K, down 2048 x 768 Q6_K: 0.9-1.2 MB,
+// in L2/L3 as an expert's weights are while its tokens run). Third argument: 0 computes
+// one vec_dot per (row, token) as MatMul did before the batched kernels (same quantised
+// activations, same 32 KiB row blocks over TBB), 1 is MatMul (which takes
+// GetVecDotBatch's kernel for >= 2 tokens). Fourth: threads. bytes_per_second counts
+// weight bytes, GFLOP/s 2 per weight and token.
+void BM_PrefillGemm(benchmark::State& state) {
+  const auto type = static_cast<GgmlType>(state.range(0));
+  const int64_t n_tok = state.range(1);
+  const bool batched = state.range(2) != 0;
+  const int threads = static_cast<int>(state.range(3));
+  tbb::global_control gc(tbb::global_control::max_allowed_parallelism, threads);
+  const int64_t rows = type == GgmlType::kQ6_K ? 2048 : 768;
+  const int64_t cols = type == GgmlType::kQ6_K ? 768 : 2048;
+  const int64_t rb = RowBytes(GetTypeTraits(type), cols);
+  std::vector<uint8_t> w(rows * rb);
+  std::mt19937_64 rng(6);
+  std::normal_distribution<float> d(0, 0.05f);
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (float& v : row) v = d(rng);
+    QuantizeRow(type, row.data(), w.data() + r * rb, cols);
+  }
+  std::vector<float> x(n_tok * cols), y(n_tok * rows);
+  std::normal_distribution<float> dx(0, 1.0f);
+  for (float& v : x) v = dx(rng);
+  const GgmlType act = VecDotActivationType(type);
+  const int64_t xb = RowBytes(GetTypeTraits(act), cols);
+  std::vector<uint8_t> xq(n_tok * xb);
+  const VecDotFn dot = GetVecDot(type);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / rb);
+  for (auto _ : state) {
+    if (batched) {
+      MatMul(type, w.data(), rows, cols, x.data(), n_tok, y.data());
+    } else {
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_tok, 4),
+                        [&](const tbb::blocked_range<int64_t>& r) {
+                          for (int64_t t = r.begin(); t < r.end(); ++t) {
+                            QuantizeActivation(act, x.data() + t * cols, xq.data() + t * xb, cols);
+                          }
+                        });
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, grain),
+                        [&](const tbb::blocked_range<int64_t>& r) {
+                          for (int64_t n = r.begin(); n < r.end(); ++n) {
+                            for (int64_t t = 0; t < n_tok; ++t) {
+                              y[t * rows + n] = dot(w.data() + n * rb, xq.data() + t * xb, cols);
+                            }
+                          }
+                        });
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(w.size()));
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(static_cast<double>(2 * rows * cols * n_tok) * 1e-9 * state.iterations(),
+                         benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(GetTypeTraits(type).name) + (batched ? " batched" : " per token"));
+}
+BENCHMARK(BM_PrefillGemm)
+    ->ArgsProduct({{static_cast<int64_t>(GgmlType::kQ4_K), static_cast<int64_t>(GgmlType::kQ5_K),
+                    static_cast<int64_t>(GgmlType::kQ6_K)},
+                   {32},
+                   {0, 1},
+                   {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

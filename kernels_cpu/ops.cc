@@ -55,6 +55,7 @@ enum class Path : uint8_t {
 struct Plan {
   Path path = Path::kRows;
   VecDotFn vdot = nullptr;
+  VecDotBatchFn vbatch = nullptr;  // kVecDot: several tokens per weight block, or null
   FloatDotFn fdot = nullptr;
   int64_t row_bytes = 0;
   int64_t x_bytes = 0;  // kVecDot: one quantised activation row
@@ -96,6 +97,25 @@ void RunChunk(const MatMulTask& t, const Plan& p, const uint8_t* xq, int64_t b, 
   const auto* wb = static_cast<const uint8_t*>(t.w);
   switch (p.path) {
     case Path::kVecDot:
+      if (p.vbatch != nullptr && t.n_tokens >= 2) {
+        // Prefill: each weight block decoded once per group of kVecDotBatch tokens (same
+        // bits as one vec_dot per token). Groups outermost: the group's activation rows
+        // (8 x 2.3 KiB per 2048 values) stay in L1 while the chunk's 32 KiB of weights,
+        // read from memory by the first group, come from L2 for the others (3-5 % faster
+        // than rows outermost in BM_PrefillGemm).
+        for (int64_t t0 = 0; t0 < t.n_tokens; t0 += kVecDotBatch) {
+          const int nt = static_cast<int>(std::min<int64_t>(kVecDotBatch, t.n_tokens - t0));
+          const void* xs[kVecDotBatch];
+          for (int j = 0; j < nt; ++j) xs[j] = xq + XRow(t, t0 + j) * p.x_bytes;
+          float* yt = t.y + t0 * t.rows;
+          for (int64_t n = b; n < e; ++n) {
+            float out[kVecDotBatch];
+            p.vbatch(wb + n * p.row_bytes, xs, nt, t.cols, out);
+            for (int j = 0; j < nt; ++j) yt[j * t.rows + n] = out[j];
+          }
+        }
+        return;
+      }
       // Each weight row is used for all tokens while it is in L1.
       for (int64_t n = b; n < e; ++n) {
         const uint8_t* wr = wb + n * p.row_bytes;
@@ -146,6 +166,7 @@ Plan PlanTask(const MatMulTask& t, const IsaLevel* level) {
   if (act != GgmlType::kF32 && t.cols % GetTypeTraits(act).block_elems == 0) {
     p.path = Path::kVecDot;
     p.vdot = level ? GetVecDot(t.type, *level) : GetVecDot(t.type);
+    p.vbatch = level ? GetVecDotBatch(t.type, *level) : GetVecDotBatch(t.type);
     p.x_bytes = RowBytes(GetTypeTraits(act), t.cols);
     // Tasks of about 32 KiB of weights: a decode step's expert matrices (~0.3-1 MB) still
     // split into a dozen or more tasks per core, while each task streams long enough for

@@ -56,6 +56,34 @@ VecDotFn GetVecDot(GgmlType weight) {
   return fn;
 }
 
+VecDotBatchFn GetVecDotBatch(GgmlType weight, IsaLevel level) {
+#if defined(__x86_64__)
+  // Only where the level's own vec_dot is the AVX-512 one: the batch kernel mirrors that
+  // kernel's float order, not a lower level's.
+  if (level == IsaLevel::kAvx512 && vd::Avx512VecDot(weight) != nullptr) {
+    return vd::Avx512VecDotBatch(weight);
+  }
+#else
+  (void)weight;
+  (void)level;
+#endif
+  return nullptr;
+}
+
+VecDotBatchFn GetVecDotBatch(GgmlType weight) {
+  // As GetVecDot: one lazily resolved slot per type id; nullptr is a valid answer, so a
+  // second flag array says which slots are filled.
+  static std::array<std::atomic<VecDotBatchFn>, 64> table{};
+  static std::array<std::atomic<bool>, 64> done{};
+  const auto id = static_cast<uint32_t>(weight);
+  if (id >= table.size()) return nullptr;
+  if (!done[id].load(std::memory_order_acquire)) {
+    table[id].store(GetVecDotBatch(weight, BestIsaLevel()), std::memory_order_relaxed);
+    done[id].store(true, std::memory_order_release);
+  }
+  return table[id].load(std::memory_order_relaxed);
+}
+
 FloatDotFn GetFloatDot(GgmlType weight, IsaLevel level) {
 #if defined(__x86_64__)
   if (level == IsaLevel::kAvx512) return vd::Avx512FloatDot(weight);

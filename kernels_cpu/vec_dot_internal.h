@@ -51,6 +51,10 @@ VecDotFn ScalarVecDot(GgmlType weight);
 VecDotFn Avx2VecDot(GgmlType weight);
 VecDotFn Avx512VecDot(GgmlType weight);
 
+// Batched kernels matching Avx512VecDot's (vec_dot.h, VecDotBatchFn); nullptr for types
+// without one.
+VecDotBatchFn Avx512VecDotBatch(GgmlType weight);
+
 // F16/BF16 x F32 dots; nullptr for other types.
 FloatDotFn Avx2FloatDot(GgmlType weight);
 FloatDotFn Avx512FloatDot(GgmlType weight);

@@ -1,0 +1,290 @@
+// The batched (several tokens per weight row) vec_dot kernels of vec_dot.h against the
+// one-token kernel of the same type and level, bit for bit: prefill results must not
+// depend on how tokens are grouped (decode equals prefill, golden logits unchanged).
+// Random blocks from fresh printed seeds, odd block and token counts, realistic and
+// random-byte activations, extreme codes; then MatMul / MatMulMany (which dispatch to the
+// batched kernels for >= 2 tokens) against one vec_dot per (row, token), with row counts
+// that are not multiples of any block, row indirection, and NaN-poisoned outputs.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels_cpu/cpu_features.h"
+#include "kernels_cpu/ops.h"
+#include "kernels_cpu/quant.h"
+#include "kernels_cpu/vec_dot.h"
+
+namespace moex::kcpu {
+namespace {
+
+uint64_t FreshSeed() {
+  const uint64_t s = std::random_device{}();
+  ::testing::Test::RecordProperty("seed", std::to_string(s));
+  std::printf("seed %llu\n", static_cast<unsigned long long>(s));
+  return s;
+}
+
+// Every type with an integer vec_dot: the ones without a batched kernel must say so
+// (nullptr) rather than return a kernel of another type.
+constexpr GgmlType kTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
+                               GgmlType::kQ8_0, GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
+                               GgmlType::kQ5_K, GgmlType::kQ6_K};
+
+bool SameBits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
+
+// Byte offsets of a block's fp16 scale fields that the batched types read (d, dmin).
+std::vector<int> ScaleOffsets(GgmlType t) {
+  switch (t) {
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ5_1:
+      return {0, 2};
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ8_0:
+      return {0};
+    case GgmlType::kQ2_K:
+      return {80, 82};
+    case GgmlType::kQ3_K:
+      return {108};
+    case GgmlType::kQ6_K:
+      return {208};
+    default:
+      return {};
+  }
+}
+
+// Random block bytes (every code and sub-scale pattern) with finite fp16 scales of
+// magnitude about `scale` and random sign.
+std::vector<uint8_t> RandomWeights(GgmlType t, int64_t rows, int64_t n, float scale,
+                                   std::mt19937_64& rng) {
+  const TypeTraits& tt = GetTypeTraits(t);
+  std::vector<uint8_t> w(rows * RowBytes(tt, n));
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (uint8_t& b : w) b = static_cast<uint8_t>(byte(rng));
+  std::uniform_real_distribution<float> u(0.25f, 1.0f);
+  for (int64_t b = 0; b < rows * (n / tt.block_elems); ++b) {
+    for (int off : ScaleOffsets(t)) {
+      const uint16_t h = FloatToHalf(scale * u(rng) * (byte(rng) & 1 ? -1.0f : 1.0f));
+      std::memcpy(w.data() + b * tt.block_bytes + off, &h, 2);
+    }
+  }
+  return w;
+}
+
+std::vector<float> RandomFloats(int64_t n, float sd, std::mt19937_64& rng) {
+  std::normal_distribution<float> d(0, sd);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// `tokens` activation rows of n values in `act`: quantised from random floats (real
+// activations, with an outlier per row), or, when raw, random bytes throughout (codes of
+// -128, bsums that do not match the codes: the kernels must agree whatever the bytes).
+std::vector<uint8_t> RandomActivations(GgmlType act, int64_t tokens, int64_t n, bool raw,
+                                       std::mt19937_64& rng) {
+  const int64_t xb = RowBytes(GetTypeTraits(act), n);
+  std::vector<uint8_t> xq(tokens * xb);
+  if (raw) {
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (uint8_t& b : xq) b = static_cast<uint8_t>(byte(rng));
+    // Q8_K's d is an fp32 at the start of each 292-byte block: keep it finite.
+    std::uniform_real_distribution<float> d(-2.0f, 2.0f);
+    const TypeTraits& at = GetTypeTraits(act);
+    for (int64_t b = 0; b < tokens * (n / at.block_elems); ++b) {
+      if (act == GgmlType::kQ8_K) {
+        const float v = d(rng);
+        std::memcpy(xq.data() + b * at.block_bytes, &v, 4);
+      } else {
+        const uint16_t h = FloatToHalf(d(rng));
+        std::memcpy(xq.data() + b * at.block_bytes, &h, 2);
+      }
+    }
+    return xq;
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<float> xf = RandomFloats(n, 1.0f, rng);
+    xf[rng() % n] *= 40.0f;
+    QuantizeActivation(act, xf.data(), xq.data() + t * xb, n);
+  }
+  return xq;
+}
+
+std::vector<IsaLevel> Levels() {
+  std::vector<IsaLevel> v;
+  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    if (CpuSupports(l)) {
+      v.push_back(l);
+    } else {
+      std::printf("skipping level %s: the CPU lacks it\n", IsaLevelName(l));
+    }
+  }
+  return v;
+}
+
+TEST(VecDotBatchTest, AvailableExactlyWhereExpected) {
+  for (GgmlType t : kTypes) {
+    for (IsaLevel level : Levels()) {
+      const bool want = level == IsaLevel::kAvx512 &&
+                        (t == GgmlType::kQ4_K || t == GgmlType::kQ5_K || t == GgmlType::kQ6_K);
+      EXPECT_EQ(GetVecDotBatch(t, level) != nullptr, want)
+          << GetTypeTraits(t).name << " " << IsaLevelName(level);
+    }
+  }
+  EXPECT_EQ(GetVecDotBatch(GgmlType::kF32), nullptr);
+  EXPECT_EQ(GetVecDotBatch(GgmlType::kF16), nullptr);
+  EXPECT_EQ(GetVecDotBatch(GgmlType::kQ4_K), GetVecDotBatch(GgmlType::kQ4_K, BestIsaLevel()));
+}
+
+// One row against 1..17 tokens: each output equals the one-token kernel bit for bit, and
+// nothing past out[n_x - 1] is written.
+TEST(VecDotBatchTest, EqualsOneTokenKernelBitForBit) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  int checked = 0;
+  for (GgmlType wt : kTypes) {
+    for (IsaLevel level : Levels()) {
+      const VecDotBatchFn batch = GetVecDotBatch(wt, level);
+      if (batch == nullptr) continue;
+      const VecDotFn one = GetVecDot(wt, level);
+      const GgmlType act = VecDotActivationType(wt);
+      for (int64_t nb : {1, 3, 7, 9}) {
+        const int64_t n = nb * 256;
+        for (float ws : {1e-3f, 0.05f, 3e4f}) {
+          for (bool raw : {false, true}) {
+            for (int nx = 1; nx <= 17; ++nx) {
+              SCOPED_TRACE(::testing::Message()
+                           << GetTypeTraits(wt).name << " " << IsaLevelName(level) << " n=" << n
+                           << " w_scale=" << ws << " raw_x=" << raw << " tokens=" << nx);
+              const std::vector<uint8_t> w = RandomWeights(wt, 1, n, ws, rng);
+              const std::vector<uint8_t> xq = RandomActivations(act, nx, n, raw, rng);
+              const int64_t xb = RowBytes(GetTypeTraits(act), n);
+              // Tokens in shuffled order, as a MoE expert's rows arrive.
+              std::vector<const void*> xs(nx);
+              for (int j = 0; j < nx; ++j) xs[j] = xq.data() + ((j * 7) % nx) * xb;
+              std::vector<float> out(nx + 1, std::numeric_limits<float>::quiet_NaN());
+              batch(w.data(), xs.data(), nx, n, out.data());
+              for (int j = 0; j < nx; ++j) {
+                const float want = one(w.data(), xs[j], n);
+                ASSERT_TRUE(SameBits(out[j], want))
+                    << "token " << j << ": batch " << out[j] << " one-token " << want;
+              }
+              EXPECT_TRUE(std::isnan(out[nx])) << "wrote past the last token";
+              ++checked;
+            }
+          }
+        }
+      }
+    }
+  }
+  if (checked == 0) GTEST_SKIP() << "no batched kernel on this CPU";
+}
+
+// All-set / all-clear / alternating codes with the largest activation codes: no
+// saturation in the shared decode either.
+TEST(VecDotBatchTest, ExtremeCodesBitForBit) {
+  for (GgmlType wt : kTypes) {
+    for (IsaLevel level : Levels()) {
+      const VecDotBatchFn batch = GetVecDotBatch(wt, level);
+      if (batch == nullptr) continue;
+      const GgmlType act = VecDotActivationType(wt);
+      const int64_t n = 256 * 3;
+      const int64_t xb = RowBytes(GetTypeTraits(act), n);
+      for (uint8_t fill : {uint8_t{0x00}, uint8_t{0xFF}, uint8_t{0x80}, uint8_t{0x7F}}) {
+        std::vector<uint8_t> w(RowBytes(GetTypeTraits(wt), n), fill);
+        const TypeTraits& tt = GetTypeTraits(wt);
+        for (int64_t b = 0; b < n / tt.block_elems; ++b) {
+          for (int off : ScaleOffsets(wt)) {
+            const uint16_t h = FloatToHalf(0.01f);
+            std::memcpy(w.data() + b * tt.block_bytes + off, &h, 2);
+          }
+        }
+        std::vector<uint8_t> xq(5 * xb);
+        for (int t = 0; t < 5; ++t) {
+          const std::vector<float> xf(n, t % 2 ? -1.0f : 1.0f + t);
+          QuantizeActivation(act, xf.data(), xq.data() + t * xb, n);
+        }
+        const void* xs[5];
+        for (int t = 0; t < 5; ++t) xs[t] = xq.data() + t * xb;
+        float out[5];
+        batch(w.data(), xs, 5, n, out);
+        for (int t = 0; t < 5; ++t) {
+          EXPECT_TRUE(SameBits(out[t], GetVecDot(wt, level)(w.data(), xs[t], n)))
+              << GetTypeTraits(wt).name << " fill=" << int{fill} << " token " << t;
+        }
+      }
+    }
+  }
+}
+
+// MatMul and MatMulMany (the prefill dispatch) against one vec_dot per (row, token) of the
+// same quantised activations: rows that are not multiples of the 4-token groups nor of a
+// task's row block, 2..17 tokens, tokens through a row index list, outputs poisoned with
+// NaN so that a skipped one shows.
+TEST(VecDotBatchTest, MatMulManyEqualsOneVecDotPerOutput) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  for (GgmlType wt : {GgmlType::kQ4_K, GgmlType::kQ6_K, GgmlType::kQ5_K, GgmlType::kQ8_0}) {
+    const GgmlType act = VecDotActivationType(wt);
+    const VecDotFn one = GetVecDot(wt);
+    for (int64_t rows : {1, 37, 261}) {
+      for (int64_t cols : {256, 768, 2304}) {
+        const int64_t rb = RowBytes(GetTypeTraits(wt), cols);
+        const int64_t xb = RowBytes(GetTypeTraits(act), cols);
+        for (int64_t tokens : {2, 3, 5, 8, 13, 17}) {
+          SCOPED_TRACE(::testing::Message() << GetTypeTraits(wt).name << " rows=" << rows
+                                            << " cols=" << cols << " tokens=" << tokens);
+          const std::vector<uint8_t> w = RandomWeights(wt, rows, cols, 0.05f, rng);
+          // The layer input has more rows than the task reads; the task takes a shuffled
+          // subset (a MoE expert's tokens).
+          const int64_t x_rows_total = tokens + 3;
+          const std::vector<float> x = RandomFloats(x_rows_total * cols, 1.0f, rng);
+          std::vector<int32_t> pick(tokens);
+          for (int64_t t = 0; t < tokens; ++t) {
+            pick[t] = static_cast<int32_t>((t * 5 + 2) % x_rows_total);
+          }
+          std::vector<uint8_t> xq(x_rows_total * xb);
+          for (int64_t r = 0; r < x_rows_total; ++r) {
+            QuantizeActivation(act, x.data() + r * cols, xq.data() + r * xb, cols);
+          }
+          const float nan = std::numeric_limits<float>::quiet_NaN();
+          std::vector<float> y_direct(tokens * rows, nan), y_many(tokens * rows, nan),
+              y_second(tokens * rows, nan);
+          MatMul(wt, w.data(), rows, cols, x.data(), tokens, y_direct.data());
+          // Two tasks on the same x in one region (shared activation quantisation), one
+          // through the row index list.
+          const MatMulTask tasks[2] = {
+              {wt, w.data(), rows, cols, x.data(), pick.data(), tokens, y_many.data()},
+              {wt, w.data(), rows, cols, x.data(), nullptr, tokens, y_second.data()}};
+          MatMulMany(tasks);
+          for (int64_t t = 0; t < tokens; ++t) {
+            for (int64_t r = 0; r < rows; ++r) {
+              const uint8_t* wr = w.data() + r * rb;
+              const float want = one(wr, xq.data() + t * xb, cols);
+              const float want_pick = one(wr, xq.data() + pick[t] * xb, cols);
+              ASSERT_TRUE(SameBits(y_direct[t * rows + r], want))
+                  << "MatMul row " << r << " token " << t << ": " << y_direct[t * rows + r]
+                  << " vs " << want;
+              ASSERT_TRUE(SameBits(y_second[t * rows + r], want))
+                  << "MatMulMany row " << r << " token " << t;
+              ASSERT_TRUE(SameBits(y_many[t * rows + r], want_pick))
+                  << "MatMulMany (row list) row " << r << " token " << t;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moex::kcpu
