@@ -299,7 +299,7 @@ void BM_PrefillGemm(benchmark::State& state) {
 }
 BENCHMARK(BM_PrefillGemm)
     ->ArgsProduct({{static_cast<int64_t>(GgmlType::kQ4_K), static_cast<int64_t>(GgmlType::kQ5_K),
-                    static_cast<int64_t>(GgmlType::kQ6_K)},
+                    static_cast<int64_t>(GgmlType::kQ6_K), static_cast<int64_t>(GgmlType::kQ8_0)},
                    {32},
                    {0, 1},
                    {1, 2}})

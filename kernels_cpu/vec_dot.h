@@ -54,8 +54,8 @@ using VecDotBatchFn = void (*)(const void* w, const void* const* x, int n_x, int
 constexpr int kVecDotBatch = 8;
 
 // The batched kernel of exactly the kernel GetVecDot(weight, level) returns, or nullptr
-// where there is none (callers then take one vec_dot per token): AVX-512 level, Q4_K, Q5_K
-// and Q6_K. REQUIRES: CpuSupports(level).
+// where there is none (callers then take one vec_dot per token): AVX-512 level, Q4_K, Q5_K,
+// Q6_K and Q8_0. REQUIRES: CpuSupports(level).
 VecDotBatchFn GetVecDotBatch(GgmlType weight, IsaLevel level);
 
 // GetVecDotBatch at BestIsaLevel() (the level GetVecDot(weight) uses), resolved once.

@@ -324,6 +324,40 @@ void DotQ6_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
   for (int j = 0; j < NT; ++j) out[j] = _mm512_reduce_add_ps(acc[j]);
 }
 
+// DotQ8_0 (ClassicDot's four chains: block i into chain i % 4, the tail blocks into
+// chain 0), NT tokens: |w| and d_w shared, sign(x, w), the product and the scale per token.
+template <int NT>
+void DotQ8_0Batch(const void* w, const void* const* x, int64_t n, float* out) {
+  const auto* bw = static_cast<const BlockQ8_0*>(w);
+  const BlockQ8_0* bx[NT];
+  for (int j = 0; j < NT; ++j) bx[j] = static_cast<const BlockQ8_0*>(x[j]);
+  const int64_t nb = n / kQK;
+  __m256 acc[NT][4];
+  for (int j = 0; j < NT; ++j) {
+    for (int u = 0; u < 4; ++u) acc[j][u] = _mm256_setzero_ps();
+  }
+  auto block = [&](int64_t i, int u) {
+    const __m256i wq = Load256(bw[i].qs);
+    const __m256i aw = _mm256_sign_epi8(wq, wq);
+    const float dw = H(bw[i].d);
+    for (int j = 0; j < NT; ++j) {
+      const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw,
+                                            _mm256_sign_epi8(Load256(bx[j][i].qs), wq));
+      acc[j][u] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * H(bx[j][i].d)), acc[j][u]);
+    }
+  };
+  int64_t i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    for (int u = 0; u < 4; ++u) block(i + u, u);
+  }
+  for (; i < nb; ++i) block(i, 0);
+  for (int j = 0; j < NT; ++j) {
+    out[j] = Hsum256(
+        _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3])));
+  }
+}
+
 // The VecDotBatchFn entry: groups of kVecDotBatch tokens, the rest by a narrower
 // instantiation (every instantiation gives each token the same bits).
 template <template <int> class K, int NT>
@@ -350,6 +384,14 @@ template <int NT>
 struct Q5_KBatch {
   static void Run(const void* w, const void* const* x, int64_t n, float* out) {
     DotQ45_KBatch<true, NT>(w, x, n, out);
+  }
+};
+template <int NT>
+struct Q8_0Batch {
+  static void Run(const void* w, const void* const* x, int64_t n, float* out) {
+    // Four tokens at a time: 4 chains x 4 tokens fill half the registers already.
+    for (int j = 0; j + 4 <= NT; j += 4) DotQ8_0Batch<4>(w, x + j, n, out + j);
+    if constexpr (NT % 4 != 0) DotQ8_0Batch<NT % 4>(w, x + NT / 4 * 4, n, out + NT / 4 * 4);
   }
 };
 template <int NT>
@@ -490,6 +532,8 @@ VecDotBatchFn Avx512VecDotBatch(GgmlType weight) {
       return BatchEntry<Q4_KBatch>;
     case GgmlType::kQ5_K:
       return BatchEntry<Q5_KBatch>;
+    case GgmlType::kQ8_0:
+      return BatchEntry<Q8_0Batch>;
     case GgmlType::kQ6_K:
       return BatchEntry<Q6_KBatch>;
     default:

@@ -132,8 +132,9 @@ std::vector<IsaLevel> Levels() {
 TEST(VecDotBatchTest, AvailableExactlyWhereExpected) {
   for (GgmlType t : kTypes) {
     for (IsaLevel level : Levels()) {
-      const bool want = level == IsaLevel::kAvx512 &&
-                        (t == GgmlType::kQ4_K || t == GgmlType::kQ5_K || t == GgmlType::kQ6_K);
+      const bool want =
+          level == IsaLevel::kAvx512 && (t == GgmlType::kQ4_K || t == GgmlType::kQ5_K ||
+                                         t == GgmlType::kQ6_K || t == GgmlType::kQ8_0);
       EXPECT_EQ(GetVecDotBatch(t, level) != nullptr, want)
           << GetTypeTraits(t).name << " " << IsaLevelName(level);
     }
@@ -157,7 +158,7 @@ TEST(VecDotBatchTest, EqualsOneTokenKernelBitForBit) {
       const VecDotFn one = GetVecDot(wt, level);
       const GgmlType act = VecDotActivationType(wt);
       for (int64_t nb : {1, 3, 7, 9}) {
-        const int64_t n = nb * 256;
+        const int64_t n = nb * (act == GgmlType::kQ8_K ? 256 : 32);
         for (float ws : {1e-3f, 0.05f, 3e4f}) {
           for (bool raw : {false, true}) {
             for (int nx = 1; nx <= 17; ++nx) {
