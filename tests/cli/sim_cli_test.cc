@@ -2,6 +2,7 @@
 // the policy comparison, and the errors for a shape or profile that does not exist.
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -26,12 +27,16 @@ std::string MixtralTrace() {
   return TestDataDir() + "/traces/mixtral-8x7b-instruct-fp8/gsm8k_2_routing.jsonl";
 }
 
+// The shared test data sits beside the checkout; a clone elsewhere has none.
+bool HaveTestData() { return !TestDataDir().empty() && std::ifstream(MixtralTrace()).good(); }
+constexpr char kNoTestData[] = "no ../shared/testdata (traces, models) beside the checkout";
+
 TEST(SimCliTest, JsonHasTheFiguresTheIssueNames) {
+  if (!HaveTestData()) GTEST_SKIP() << kNoTestData;
   std::string out;
   const int rc = Moex("sim --trace '" + MixtralTrace() +
                           "' --model-shape mixtral-8x7b --profile rtx4090-24g --gpu-mem 25% --json",
                       &out);
-  if (rc != 0 && out.find("No such file") != std::string::npos) GTEST_SKIP() << out;
   ASSERT_EQ(rc, 0) << out;
   ASSERT_EQ(out.front(), '{') << out;
   for (const char* key : {"decode_tps", "hit_rate", "bytes_copied_per_token", "stall_ms_per_token",
@@ -57,6 +62,7 @@ TEST(SimCliTest, JsonHasTheFiguresTheIssueNames) {
 }
 
 TEST(SimCliTest, ErrorsNameTheChoices) {
+  if (!HaveTestData()) GTEST_SKIP() << kNoTestData;
   std::string out;
   EXPECT_EQ(Moex("sim --trace '" + MixtralTrace() + "' --model-shape mixtral-9x9b", &out, true), 1);
   EXPECT_NE(out.find("qwen3-30b-a3b"), std::string::npos) << out;
@@ -69,6 +75,7 @@ TEST(SimCliTest, ErrorsNameTheChoices) {
 }
 
 TEST(SimCliTest, BenchOnTheSimulatedDevice) {
+  if (!HaveTestData()) GTEST_SKIP() << kNoTestData;
   const std::string model = TestDataDir() + "/models/vis-qwen3moe-q4_k_m.gguf";
   std::string out;
   ASSERT_EQ(Moex("bench -m '" + model +
