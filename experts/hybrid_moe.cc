@@ -36,6 +36,8 @@ absl::StatusOr<MoePolicy> ParseMoePolicy(std::string_view name) {
                    "' (hybrid, static-layers, lru-ondemand, cpu-only, gpu-only)"));
 }
 
+namespace {
+
 absl::StatusOr<int64_t> ParseSlotBudget(const std::string& s, int64_t all, double slot) {
   std::string t(absl::StripAsciiWhitespace(s));
   double v = 0;
@@ -60,6 +62,16 @@ absl::StatusOr<int64_t> ParseSlotBudget(const std::string& s, int64_t all, doubl
         "--gpu-mem '", s, "': a size (6GiB, 512MiB, 8GB) or a share of the experts (25%)"));
   }
   return std::min<int64_t>(all, static_cast<int64_t>(v * unit / slot));
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ResolveSlotBudget(MoePolicy policy, const std::string& gpu_mem,
+                                          int64_t all_slots, double slot_bytes, double free_bytes) {
+  if (policy == MoePolicy::kCpuOnly) return 0;
+  if (policy == MoePolicy::kGpuOnly) return all_slots;
+  if (!gpu_mem.empty()) return ParseSlotBudget(gpu_mem, all_slots, slot_bytes);
+  return std::clamp<int64_t>(static_cast<int64_t>(free_bytes / slot_bytes), 0, all_slots);
 }
 
 absl::StatusOr<std::unique_ptr<HybridMoe>> HybridMoe::Create(const HybridMoeOptions& o,
@@ -195,9 +207,12 @@ absl::Status HybridMoe::RunMoe(const LayerInput& in, const ExpertFn& fn) {
     return absl::InvalidArgumentError(absl::StrCat("hybrid MoE: bad layer input (layer ", l,
                                                    ", tokens ", in.tokens, ", k ", in.k, ")"));
   }
-  // Tokens per expert, and the scores the cache learns from (a prefill batch's mean).
-  std::vector<int32_t> count(o_.num_experts, 0);
-  std::vector<float> score(o_.num_experts, 0.0f);
+  // Tokens per expert, and the scores the cache learns from (a prefill batch's mean). The
+  // buffers are members: this runs for every layer of every decoded token.
+  std::vector<int32_t>& count = count_;
+  std::vector<float>& score = score_;
+  count.assign(o_.num_experts, 0);
+  score.assign(o_.num_experts, 0.0f);
   for (int64_t i = 0; i < in.tokens * in.k; ++i) {
     const int32_t e = in.experts[i];
     if (e < 0 || e >= o_.num_experts) {
@@ -207,18 +222,22 @@ absl::Status HybridMoe::RunMoe(const LayerInput& in, const ExpertFn& fn) {
     ++count[e];
     score[e] += in.scores ? in.scores[i] / in.tokens : 1.0f / in.tokens;
   }
-  std::vector<int32_t> active;
+  std::vector<int32_t>& active = active_;
+  active.clear();
   for (int32_t e = 0; e < o_.num_experts; ++e) {
     if (count[e] > 0) active.push_back(e);
   }
   {
-    std::vector<int32_t> ids(active);
-    std::stable_sort(ids.begin(), ids.end(),
-                     [&](int32_t a, int32_t b) { return score[a] > score[b]; });
+    // The top p = 2k by score, ties to the lower id.
+    std::vector<int32_t>& ids = top_ids_;
+    ids = active;
+    std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) {
+      return score[a] > score[b] || (score[a] == score[b] && a < b);
+    });
     ids.resize(std::min<size_t>(ids.size(), 2 * static_cast<size_t>(in.k)));
-    std::vector<float> s;
-    for (int32_t e : ids) s.push_back(score[e]);
-    cache_.ObserveRouting(l, ids.data(), s.data(), static_cast<int32_t>(ids.size()));
+    top_scores_.clear();
+    for (int32_t e : ids) top_scores_.push_back(score[e]);
+    cache_.ObserveRouting(l, ids.data(), top_scores_.data(), static_cast<int32_t>(ids.size()));
   }
 
   MOEX_ASSIGN_OR_RETURN(Event routed, device_->Record(gpu_));
@@ -226,7 +245,8 @@ absl::Status HybridMoe::RunMoe(const LayerInput& in, const ExpertFn& fn) {
   // Nothing of this layer can be copied before its routing is known.
   MOEX_RETURN_IF_ERROR(device_->Wait(link_, routed));
   HybridLayerStats& ls = stats_.layers[l];
-  std::vector<ExpertJob> jobs;
+  std::vector<ExpertJob>& jobs = jobs_;
+  jobs.clear();
   for (int32_t e : active) {
     const bool hit = cache_.Access(l, e);
     ExpertJob j{e, count[e], hit, 0};

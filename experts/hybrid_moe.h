@@ -37,10 +37,12 @@ enum class MoePolicy { kHybrid, kStaticLayers, kLruOnDemand, kCpuOnly, kGpuOnly 
 const char* MoePolicyName(MoePolicy policy);
 absl::StatusOr<MoePolicy> ParseMoePolicy(std::string_view name);
 
-// The expert slots a --gpu-mem value buys: "25%" of `all_slots`, or a size ("6GiB",
-// "512MiB", "8GB", "1000000" bytes) divided by `slot_bytes`, at most all_slots.
-absl::StatusOr<int64_t> ParseSlotBudget(const std::string& spec, int64_t all_slots,
-                                        double slot_bytes);
+// The expert slots a run gets: none for cpu-only, every expert for gpu-only; otherwise what
+// the --gpu-mem value buys ("25%" of `all_slots`, or a size "6GiB", "512MiB", "8GB",
+// "1000000" bytes, divided by `slot_bytes`), or, when it is empty, what fits in
+// `free_bytes`; at most all_slots. kInvalidArgument for a malformed value.
+absl::StatusOr<int64_t> ResolveSlotBudget(MoePolicy policy, const std::string& gpu_mem,
+                                          int64_t all_slots, double slot_bytes, double free_bytes);
 
 struct HybridMoeOptions {
   MoePolicy policy = MoePolicy::kHybrid;
@@ -143,6 +145,10 @@ class HybridMoe {
   };
   std::vector<std::vector<InFlight>> in_flight_;
   HybridStats stats_;
+  // RunMoe's per-layer scratch.
+  std::vector<int32_t> count_, active_, top_ids_;
+  std::vector<float> score_, top_scores_;
+  std::vector<ExpertJob> jobs_;
 };
 
 }  // namespace moex

@@ -79,17 +79,10 @@ absl::StatusOr<std::unique_ptr<HybridRun>> HybridRun::Create(const ModelWeights&
       run->device_->Allocate(static_cast<int64_t>(dense_total + kv_total), "dense weights + KV"));
   run->held_.push_back(dense);
   const MemoryInfo mem = run->device_->memory();
-  int64_t slots = 0;
-  if (o.moe_policy == "gpu-only") {
-    slots = all;
-  } else if (o.moe_policy == "cpu-only") {
-    slots = 0;
-  } else if (o.gpu_mem.empty()) {
-    slots = std::min<int64_t>(
-        all, static_cast<int64_t>((mem.budget_bytes - mem.used_bytes) / expert_bytes));
-  } else {
-    MOEX_ASSIGN_OR_RETURN(slots, ParseSlotBudget(o.gpu_mem, all, expert_bytes));
-  }
+  MOEX_ASSIGN_OR_RETURN(const MoePolicy policy, ParseMoePolicy(o.moe_policy));
+  MOEX_ASSIGN_OR_RETURN(const int64_t slots,
+                        ResolveSlotBudget(policy, o.gpu_mem, all, expert_bytes,
+                                          static_cast<double>(mem.budget_bytes - mem.used_bytes)));
   if (slots > 0) {
     MOEX_ASSIGN_OR_RETURN(DeviceAlloc pool,
                           run->device_->Allocate(static_cast<int64_t>(slots * expert_bytes),
@@ -98,7 +91,7 @@ absl::StatusOr<std::unique_ptr<HybridRun>> HybridRun::Create(const ModelWeights&
   }
 
   HybridMoeOptions ho;
-  MOEX_ASSIGN_OR_RETURN(ho.policy, ParseMoePolicy(o.moe_policy));
+  ho.policy = policy;
   if (!o.cache_policy.empty()) {
     MOEX_ASSIGN_OR_RETURN(ho.cache_policy, ParseExpertCachePolicy(o.cache_policy));
     if (*ho.cache_policy == ExpertCachePolicy::kStatic ||

@@ -135,7 +135,6 @@ absl::StatusOr<SimReport> SimulateTrace(const Trace& trace, const SimOptions& o)
   // Bytes. Experts: one size for all (the mean over layers of the _M mixes' down matrix).
   const int32_t L = m.layers, E = m.experts, K = m.top_k;
   const int total_layers = m.dense_layers + L;
-  const double expert_params = 3.0 * m.hidden * m.expert_ffn;
   double expert_bytes = 0, attn_bytes_total = 0;
   const double attn_params = m.attn_params > 0 ? m.attn_params
                                                : static_cast<double>(m.hidden) * m.head_dim *
@@ -164,15 +163,10 @@ absl::StatusOr<SimReport> SimulateTrace(const Trace& trace, const SimOptions& o)
   const double dense_total = attn_bytes_total + L * (shared_bytes + router_bytes) +
                              m.dense_layers * dense_ffn_bytes + head_bytes + kv_bytes + kWorkspace;
   const int64_t all = int64_t{L} * E;
-  int64_t slots = 0;
-  if (o.gpu_mem.empty()) {
-    slots = std::clamp<int64_t>(
-        static_cast<int64_t>((gpu.memory_bytes - dense_total) / expert_bytes), 0, all);
-  } else {
-    MOEX_ASSIGN_OR_RETURN(slots, ParseSlotBudget(o.gpu_mem, all, expert_bytes));
-  }
-  if (o.policy == "cpu-only") slots = 0;
-  if (o.policy == "gpu-only") slots = all;
+  MOEX_ASSIGN_OR_RETURN(const MoePolicy policy, ParseMoePolicy(o.policy));
+  MOEX_ASSIGN_OR_RETURN(const int64_t slots,
+                        ResolveSlotBudget(policy, o.gpu_mem, all, expert_bytes,
+                                          static_cast<double>(gpu.memory_bytes) - dense_total));
   const double need = dense_total + slots * expert_bytes;
   if (need > gpu.memory_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -184,7 +178,7 @@ absl::StatusOr<SimReport> SimulateTrace(const Trace& trace, const SimOptions& o)
 
   // The run's control, as a model run would build it.
   HybridMoeOptions ho;
-  MOEX_ASSIGN_OR_RETURN(ho.policy, ParseMoePolicy(o.policy));
+  ho.policy = policy;
   if (!o.cache_policy.empty()) {
     MOEX_ASSIGN_OR_RETURN(ho.cache_policy, ParseExpertCachePolicy(o.cache_policy));
   }

@@ -15,23 +15,13 @@
 namespace moex {
 namespace {
 
-class CpuDevice : public Device {
+class CpuDevice : public device_internal::HostMemoryDevice {
  public:
   CpuDevice(int64_t budget, int64_t total)
-      : pool_("cpu", budget, total), start_(std::chrono::steady_clock::now()) {}
+      : HostMemoryDevice("cpu", budget, total), start_(std::chrono::steady_clock::now()) {}
 
   DeviceKind kind() const override { return DeviceKind::kCpu; }
   std::string name() const override { return "cpu"; }
-
-  absl::StatusOr<DeviceAlloc> Allocate(int64_t bytes, std::string_view what) override {
-    return pool_.Allocate(bytes, what);
-  }
-  void Free(DeviceAlloc& alloc) override { pool_.Free(alloc); }
-  MemoryInfo memory() const override { return pool_.memory(); }
-  absl::StatusOr<void*> AllocatePinned(int64_t bytes) override {
-    return pool_.AllocatePinned(bytes);
-  }
-  void FreePinned(void* ptr) override { pool_.FreePinned(ptr); }
 
   absl::StatusOr<StreamId> CreateStream() override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -100,7 +90,6 @@ class CpuDevice : public Device {
     return absl::OkStatus();
   }
 
-  device_internal::HostMemoryPool pool_;
   const std::chrono::steady_clock::time_point start_;
   mutable std::mutex mu_;
   StreamId last_stream_ = kHostStream;

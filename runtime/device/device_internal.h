@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -51,6 +52,26 @@ class HostMemoryPool {
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, DeviceAlloc> live_;
   std::set<void*> pinned_;
+};
+
+// A device whose "device memory" is host memory under a budget (cpu, sim): the memory half
+// of the interface, once.
+class HostMemoryDevice : public Device {
+ public:
+  HostMemoryDevice(std::string name, int64_t budget_bytes, int64_t total_bytes)
+      : pool_(std::move(name), budget_bytes, total_bytes) {}
+  absl::StatusOr<DeviceAlloc> Allocate(int64_t bytes, std::string_view what) override {
+    return pool_.Allocate(bytes, what);
+  }
+  void Free(DeviceAlloc& alloc) override { pool_.Free(alloc); }
+  MemoryInfo memory() const override { return pool_.memory(); }
+  absl::StatusOr<void*> AllocatePinned(int64_t bytes) override {
+    return pool_.AllocatePinned(bytes);
+  }
+  void FreePinned(void* ptr) override { pool_.FreePinned(ptr); }
+
+ private:
+  HostMemoryPool pool_;
 };
 
 }  // namespace moex::device_internal

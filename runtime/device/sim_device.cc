@@ -50,27 +50,17 @@ class Engine {
   std::vector<std::pair<double, double>> busy_;
 };
 
-class SimDevice : public Device {
+class SimDevice : public device_internal::HostMemoryDevice {
  public:
   SimDevice(const SimDeviceOptions& o, int64_t budget)
-      : gpu_(o.gpu),
+      : HostMemoryDevice("sim:" + o.gpu.name, budget, o.gpu.memory_bytes),
+        gpu_(o.gpu),
         cpu_(o.cpu),
         name_("sim:" + o.gpu.name),
-        pool_(name_, budget, o.gpu.memory_bytes),
         clocks_(1, 0.0) {}
 
   DeviceKind kind() const override { return DeviceKind::kSim; }
   std::string name() const override { return name_; }
-
-  absl::StatusOr<DeviceAlloc> Allocate(int64_t bytes, std::string_view what) override {
-    return pool_.Allocate(bytes, what);
-  }
-  void Free(DeviceAlloc& alloc) override { pool_.Free(alloc); }
-  MemoryInfo memory() const override { return pool_.memory(); }
-  absl::StatusOr<void*> AllocatePinned(int64_t bytes) override {
-    return pool_.AllocatePinned(bytes);
-  }
-  void FreePinned(void* ptr) override { pool_.FreePinned(ptr); }
 
   absl::StatusOr<StreamId> CreateStream() override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -199,7 +189,6 @@ class SimDevice : public Device {
   const GpuProfile gpu_;
   const CpuProfile cpu_;
   const std::string name_;
-  device_internal::HostMemoryPool pool_;
 
   mutable std::mutex mu_;
   std::vector<double> clocks_;  // [stream]: when the work issued on it ends
