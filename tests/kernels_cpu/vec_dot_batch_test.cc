@@ -18,72 +18,19 @@
 #include "kernels_cpu/ops.h"
 #include "kernels_cpu/quant.h"
 #include "kernels_cpu/vec_dot.h"
+#include "tests/kernels_cpu/kernel_test_util.h"
 
 namespace moex::kcpu {
 namespace {
 
-uint64_t FreshSeed() {
-  const uint64_t s = std::random_device{}();
-  ::testing::Test::RecordProperty("seed", std::to_string(s));
-  std::printf("seed %llu\n", static_cast<unsigned long long>(s));
-  return s;
-}
-
-// Every type with an integer vec_dot: the ones without a batched kernel must say so
-// (nullptr) rather than return a kernel of another type.
-constexpr GgmlType kTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
-                               GgmlType::kQ8_0, GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
-                               GgmlType::kQ5_K, GgmlType::kQ6_K};
+using ::moex::kcpu::testing::FreshSeed;
+using ::moex::kcpu::testing::kIntegerTypes;
+using ::moex::kcpu::testing::Levels;
+using ::moex::kcpu::testing::RandomFloats;
+using ::moex::kcpu::testing::RandomRows;
+using ::moex::kcpu::testing::ScaleOffsets;
 
 bool SameBits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
-
-// Byte offsets of a block's fp16 scale fields that the batched types read (d, dmin).
-std::vector<int> ScaleOffsets(GgmlType t) {
-  switch (t) {
-    case GgmlType::kQ4_K:
-    case GgmlType::kQ5_K:
-    case GgmlType::kQ4_1:
-    case GgmlType::kQ5_1:
-      return {0, 2};
-    case GgmlType::kQ4_0:
-    case GgmlType::kQ5_0:
-    case GgmlType::kQ8_0:
-      return {0};
-    case GgmlType::kQ2_K:
-      return {80, 82};
-    case GgmlType::kQ3_K:
-      return {108};
-    case GgmlType::kQ6_K:
-      return {208};
-    default:
-      return {};
-  }
-}
-
-// Random block bytes (every code and sub-scale pattern) with finite fp16 scales of
-// magnitude about `scale` and random sign.
-std::vector<uint8_t> RandomWeights(GgmlType t, int64_t rows, int64_t n, float scale,
-                                   std::mt19937_64& rng) {
-  const TypeTraits& tt = GetTypeTraits(t);
-  std::vector<uint8_t> w(rows * RowBytes(tt, n));
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (uint8_t& b : w) b = static_cast<uint8_t>(byte(rng));
-  std::uniform_real_distribution<float> u(0.25f, 1.0f);
-  for (int64_t b = 0; b < rows * (n / tt.block_elems); ++b) {
-    for (int off : ScaleOffsets(t)) {
-      const uint16_t h = FloatToHalf(scale * u(rng) * (byte(rng) & 1 ? -1.0f : 1.0f));
-      std::memcpy(w.data() + b * tt.block_bytes + off, &h, 2);
-    }
-  }
-  return w;
-}
-
-std::vector<float> RandomFloats(int64_t n, float sd, std::mt19937_64& rng) {
-  std::normal_distribution<float> d(0, sd);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
 
 // `tokens` activation rows of n values in `act`: quantised from random floats (real
 // activations, with an outlier per row), or, when raw, random bytes throughout (codes of
@@ -117,20 +64,10 @@ std::vector<uint8_t> RandomActivations(GgmlType act, int64_t tokens, int64_t n, 
   return xq;
 }
 
-std::vector<IsaLevel> Levels() {
-  std::vector<IsaLevel> v;
-  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
-    if (CpuSupports(l)) {
-      v.push_back(l);
-    } else {
-      std::printf("skipping level %s: the CPU lacks it\n", IsaLevelName(l));
-    }
-  }
-  return v;
-}
-
+// Every integer type: those without a batched kernel must say so (nullptr) rather than
+// return a kernel of another type.
 TEST(VecDotBatchTest, AvailableExactlyWhereExpected) {
-  for (GgmlType t : kTypes) {
+  for (GgmlType t : kIntegerTypes) {
     for (IsaLevel level : Levels()) {
       const bool want =
           level == IsaLevel::kAvx512 && (t == GgmlType::kQ4_K || t == GgmlType::kQ5_K ||
@@ -151,7 +88,7 @@ TEST(VecDotBatchTest, EqualsOneTokenKernelBitForBit) {
   SCOPED_TRACE(seed);
   std::mt19937_64 rng(seed);
   int checked = 0;
-  for (GgmlType wt : kTypes) {
+  for (GgmlType wt : kIntegerTypes) {
     for (IsaLevel level : Levels()) {
       const VecDotBatchFn batch = GetVecDotBatch(wt, level);
       if (batch == nullptr) continue;
@@ -165,7 +102,7 @@ TEST(VecDotBatchTest, EqualsOneTokenKernelBitForBit) {
               SCOPED_TRACE(::testing::Message()
                            << GetTypeTraits(wt).name << " " << IsaLevelName(level) << " n=" << n
                            << " w_scale=" << ws << " raw_x=" << raw << " tokens=" << nx);
-              const std::vector<uint8_t> w = RandomWeights(wt, 1, n, ws, rng);
+              const std::vector<uint8_t> w = RandomRows(wt, 1, n, ws, rng);
               const std::vector<uint8_t> xq = RandomActivations(act, nx, n, raw, rng);
               const int64_t xb = RowBytes(GetTypeTraits(act), n);
               // Tokens in shuffled order, as a MoE expert's rows arrive.
@@ -192,7 +129,7 @@ TEST(VecDotBatchTest, EqualsOneTokenKernelBitForBit) {
 // All-set / all-clear / alternating codes with the largest activation codes: no
 // saturation in the shared decode either.
 TEST(VecDotBatchTest, ExtremeCodesBitForBit) {
-  for (GgmlType wt : kTypes) {
+  for (GgmlType wt : kIntegerTypes) {
     for (IsaLevel level : Levels()) {
       const VecDotBatchFn batch = GetVecDotBatch(wt, level);
       if (batch == nullptr) continue;
@@ -244,7 +181,7 @@ TEST(VecDotBatchTest, MatMulManyEqualsOneVecDotPerOutput) {
         for (int64_t tokens : {2, 3, 5, 8, 13, 17}) {
           SCOPED_TRACE(::testing::Message() << GetTypeTraits(wt).name << " rows=" << rows
                                             << " cols=" << cols << " tokens=" << tokens);
-          const std::vector<uint8_t> w = RandomWeights(wt, rows, cols, 0.05f, rng);
+          const std::vector<uint8_t> w = RandomRows(wt, rows, cols, 0.05f, rng);
           // The layer input has more rows than the task reads; the task takes a shuffled
           // subset (a MoE expert's tokens).
           const int64_t x_rows_total = tokens + 3;

@@ -17,80 +17,17 @@
 #include "kernels_cpu/cpu_features.h"
 #include "kernels_cpu/ops.h"
 #include "kernels_cpu/quant.h"
+#include "tests/kernels_cpu/kernel_test_util.h"
 
 namespace moex::kcpu {
 namespace {
 
-uint64_t FreshSeed() {
-  const uint64_t s = std::random_device{}();
-  ::testing::Test::RecordProperty("seed", std::to_string(s));
-  std::printf("seed %llu\n", static_cast<unsigned long long>(s));
-  return s;
-}
-
-constexpr GgmlType kTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
-                               GgmlType::kQ8_0, GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
-                               GgmlType::kQ5_K, GgmlType::kQ6_K};
-
-// Byte offsets of the fp16 scale fields (d, then dmin/m where the format has one).
-std::vector<int> ScaleOffsets(GgmlType t) {
-  switch (t) {
-    case GgmlType::kQ4_0:
-    case GgmlType::kQ5_0:
-    case GgmlType::kQ8_0:
-      return {0};
-    case GgmlType::kQ4_1:
-    case GgmlType::kQ5_1:
-    case GgmlType::kQ4_K:
-    case GgmlType::kQ5_K:
-      return {0, 2};
-    case GgmlType::kQ2_K:
-      return {80, 82};
-    case GgmlType::kQ3_K:
-      return {108};
-    case GgmlType::kQ6_K:
-      return {208};
-    default:
-      return {};
-  }
-}
-
-// A row of random blocks: random code and sub-scale bytes, fp16 scales of magnitude
-// about `scale` (random sign for the formats whose d may be negative).
-std::vector<uint8_t> RandomRow(GgmlType t, int64_t n, float scale, std::mt19937_64& rng) {
-  const TypeTraits& tt = GetTypeTraits(t);
-  std::vector<uint8_t> row(RowBytes(tt, n));
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (uint8_t& b : row) b = static_cast<uint8_t>(byte(rng));
-  std::uniform_real_distribution<float> u(0.25f, 1.0f);
-  for (int64_t b = 0; b < n / tt.block_elems; ++b) {
-    for (int off : ScaleOffsets(t)) {
-      const float v = scale * u(rng) * (byte(rng) & 1 ? -1.0f : 1.0f);
-      const uint16_t h = FloatToHalf(v);
-      std::memcpy(row.data() + b * tt.block_bytes + off, &h, 2);
-    }
-  }
-  return row;
-}
-
-std::vector<float> RandomFloats(int64_t n, float sd, std::mt19937_64& rng) {
-  std::normal_distribution<float> d(0, sd);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
-std::vector<IsaLevel> Levels() {
-  std::vector<IsaLevel> v;
-  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
-    if (CpuSupports(l)) {
-      v.push_back(l);
-    } else {
-      std::printf("skipping level %s: the CPU lacks it\n", IsaLevelName(l));
-    }
-  }
-  return v;
-}
+using ::moex::kcpu::testing::FreshSeed;
+using ::moex::kcpu::testing::kIntegerTypes;
+using ::moex::kcpu::testing::Levels;
+using ::moex::kcpu::testing::RandomFloats;
+using ::moex::kcpu::testing::RandomRows;
+using ::moex::kcpu::testing::ScaleOffsets;
 
 struct FloatRef {
   double dot = 0;  // sum of dequantised w * dequantised x
@@ -132,7 +69,7 @@ TEST_P(VecDotTest, EveryLevelMatchesScalarAndFloatReference) {
     const int64_t n = nb * blk;
     for (float ws : w_scales) {
       for (float xs : x_sds) {
-        const std::vector<uint8_t> w = RandomRow(wt, n, ws, rng);
+        const std::vector<uint8_t> w = RandomRows(wt, 1, n, ws, rng);
         std::vector<float> xf = RandomFloats(n, xs, rng);
         xf[rng() % n] *= 50.0f;  // an outlier: most codes of its block become small
         std::vector<uint8_t> xq(RowBytes(GetTypeTraits(xt), n));
@@ -183,7 +120,7 @@ TEST_P(VecDotTest, ExtremeCodesDoNotSaturate) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTypes, VecDotTest, ::testing::ValuesIn(kTypes),
+INSTANTIATE_TEST_SUITE_P(AllTypes, VecDotTest, ::testing::ValuesIn(kIntegerTypes),
                          [](const ::testing::TestParamInfo<GgmlType>& i) {
                            return std::string(GetTypeTraits(i.param).name);
                          });
@@ -262,7 +199,7 @@ TEST_P(MatMulDecodeTest, WithinActivationRoundingOfFloatProduct) {
   const std::vector<uint8_t> w = [&] {
     std::vector<uint8_t> all;
     for (int64_t r = 0; r < rows; ++r) {
-      const std::vector<uint8_t> row = RandomRow(wt, cols, 0.01f, rng);
+      const std::vector<uint8_t> row = RandomRows(wt, 1, cols, 0.01f, rng);
       all.insert(all.end(), row.begin(), row.end());
     }
     return all;
@@ -308,7 +245,7 @@ TEST_P(MatMulDecodeTest, BatchInvariant) {
   const int64_t rows = 19, n_tok = 11;
   std::vector<uint8_t> w;
   for (int64_t r = 0; r < rows; ++r) {
-    const std::vector<uint8_t> row = RandomRow(wt, cols, 0.01f, rng);
+    const std::vector<uint8_t> row = RandomRows(wt, 1, cols, 0.01f, rng);
     w.insert(w.end(), row.begin(), row.end());
   }
   const std::vector<float> x = RandomFloats(n_tok * cols, 1.0f, rng);
@@ -323,7 +260,7 @@ TEST_P(MatMulDecodeTest, BatchInvariant) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulDecodeTest, ::testing::ValuesIn(kTypes),
+INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulDecodeTest, ::testing::ValuesIn(kIntegerTypes),
                          [](const ::testing::TestParamInfo<GgmlType>& i) {
                            return std::string(GetTypeTraits(i.param).name);
                          });
