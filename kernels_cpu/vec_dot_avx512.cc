@@ -405,7 +405,16 @@ struct Q6_KBatch {
 
 // A function, not a namespace-scope constant: a global initialiser here would run AVX-512
 // code at program start, on any CPU.
-__m512 AbsMask() { return _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF)); }
+// |v| and copysign(1, v) in AVX-512F integer operations: the float forms of and/or
+// (_mm512_and_ps, ...) are AVX-512DQ, which the level does not require (cpu_features.cc).
+__m512 Abs(__m512 v) {
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF)));
+}
+__m512 SignedOne(__m512 v) {
+  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(INT32_MIN));
+  return _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_castps_si512(_mm512_set1_ps(1.0f))));
+}
 
 void QuantQ8_K(const float* x, uint8_t* dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, x += kQKK, dst += sizeof(BlockQ8_K)) {
@@ -413,7 +422,7 @@ void QuantQ8_K(const float* x, uint8_t* dst, int64_t nb) {
     __m512 amax = _mm512_setzero_ps();
     for (int j = 0; j < kQKK; j += 16) {
       // max(|x|, amax) keeps amax when |x| is NaN, as the scalar `fabs(x) > amax` does.
-      amax = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + j), AbsMask()), amax);
+      amax = _mm512_max_ps(Abs(_mm512_loadu_ps(x + j)), amax);
     }
     const float a = _mm512_reduce_max_ps(amax);
     if (a == 0.0f) {
@@ -423,8 +432,8 @@ void QuantQ8_K(const float* x, uint8_t* dst, int64_t nb) {
     // The first value of largest magnitude, with its sign.
     float max = 0.0f;
     for (int j = 0; j < kQKK; j += 16) {
-      const __mmask16 m = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_loadu_ps(x + j), AbsMask()),
-                                             _mm512_set1_ps(a), _CMP_EQ_OQ);
+      const __mmask16 m =
+          _mm512_cmp_ps_mask(Abs(_mm512_loadu_ps(x + j)), _mm512_set1_ps(a), _CMP_EQ_OQ);
       if (m != 0) {
         max = x[j + __builtin_ctz(m)];
         break;
@@ -445,9 +454,9 @@ void QuantQ8_K(const float* x, uint8_t* dst, int64_t nb) {
 // round() (half away from zero) of 16 floats, as int32.
 __m512i RoundAway(__m512 v) {
   const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-  const __m512 frac = _mm512_and_ps(_mm512_sub_ps(v, t), AbsMask());  // exact
+  const __m512 frac = Abs(_mm512_sub_ps(v, t));  // exact
   const __mmask16 up = _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
-  const __m512 one = _mm512_or_ps(_mm512_andnot_ps(AbsMask(), v), _mm512_set1_ps(1.0f));
+  const __m512 one = SignedOne(v);
   return _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, one));
 }
 
@@ -455,8 +464,7 @@ void QuantQ8_0(const float* x, uint8_t* dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, x += kQK, dst += sizeof(BlockQ8_0)) {
     auto* out = reinterpret_cast<BlockQ8_0*>(dst);
     const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-    const float amax = _mm512_reduce_max_ps(
-        _mm512_max_ps(_mm512_and_ps(v0, AbsMask()), _mm512_and_ps(v1, AbsMask())));
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(Abs(v0), Abs(v1)));
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const __m512 vid = _mm512_set1_ps(id);
