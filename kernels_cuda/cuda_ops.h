@@ -54,6 +54,19 @@ inline constexpr int64_t kGemvMaxTokens = 8;
 std::string MatMul(GgmlType type, const void* w, int64_t rows, int64_t cols, const float* x,
                    int64_t n_tokens, float* y, void* stream, MatMulPath path = MatMulPath::kAuto);
 
+// The products of selected experts, without the host knowing which (decode reads the
+// router's picks from device memory, so no copy to the host and no wait):
+//   y[i][r] = sum_c W_{ids[i]}[r][c] * x[(i / x_group) * x_stride + c]   for i < n_sel
+// w: device, n_expert matrices of rows x cols back to back (a GGUF expert stack);
+// ids: device int32 [n_sel] (an id outside 0..n_expert-1 gives NaN rows: never silent);
+// y: device [n_sel][rows]. The gate/up products of t tokens with k picks each are
+// x_group = k, x_stride = cols (each token's row read by its k picks); the down products
+// x_group = 1, x_stride = cols (each pick its own activation). Each row is the GEMV's
+// (kGemv) result bit for bit. n_sel <= 65535.
+std::string MatMulSelected(GgmlType type, const void* w, int64_t n_expert, int64_t rows,
+                           int64_t cols, const int32_t* ids, int64_t n_sel, const float* x,
+                           int64_t x_group, int64_t x_stride, float* y, void* stream);
+
 // out[i] = dequantised row ids[i] of `table` (rows of `cols` values of `type`), for
 // i < n_ids: an embedding lookup. ids: device int32 (each < table_rows, else the row is
 // NaN-filled and the call still succeeds: ids are not read on the host). out: device
@@ -129,6 +142,13 @@ std::string SwiGlu(float* gate, const float* up, int64_t n, void* stream);
 // overwritten unless accumulate.
 std::string CombineExperts(const float* y, const float* weights, int64_t n_tokens, int64_t k,
                            int64_t n, bool accumulate, float* out, void* stream);
+
+// y[r][c] += g_r * x[r * x_stride + c] for r < n_rows, c < n, where g_r = sigmoid(
+// gate_logits[r]) (device [n_rows]) or 1 when gate_logits is null. The three uses of the
+// forward pass: the residual add (x_stride = n), a bias on every row (x_stride = 0) and
+// Qwen2-MoE's gated shared expert. n_rows <= 65535 per call.
+std::string AddRows(float* y, const float* x, int64_t n_rows, int64_t n, int64_t x_stride,
+                    const float* gate_logits, void* stream);
 
 // ---- attention over the device KV layout --------------------------------------------------
 

@@ -189,6 +189,16 @@ __global__ void SwiGluKernel(float* gate, const float* up, int64_t n) {
   }
 }
 
+__global__ void AddRowsKernel(float* y, const float* x, int64_t n, int64_t x_stride,
+                              const float* gate_logits) {
+  const int64_t r = blockIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= n) return;
+  // The CPU's expression (experts/moe_layer.cc): g = 1 / (1 + exp(-logit)), y += g * x.
+  const float g = gate_logits ? 1.0f / (1.0f + expf(-gate_logits[r])) : 1.0f;
+  y[r * n + c] += g * x[r * x_stride + c];
+}
+
 __global__ void CombineKernel(const float* y, const float* w, int64_t k, int64_t n, bool accumulate,
                               float* out) {
   const int64_t t = blockIdx.y;
@@ -271,6 +281,20 @@ std::string CombineExperts(const float* y, const float* weights, int64_t n_token
   const dim3 grid(static_cast<unsigned>((n + 255) / 256), static_cast<unsigned>(n_tokens));
   CombineKernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(y, weights, k, n, accumulate,
                                                                      out);
+  return CheckLaunch(what);
+}
+
+std::string AddRows(float* y, const float* x, int64_t n_rows, int64_t n, int64_t x_stride,
+                    const float* gate_logits, void* stream) {
+  const std::string what = Dims("AddRowsKernel", {n_rows, n, x_stride});
+  if (n_rows < 0 || n <= 0 || x_stride < 0 || n_rows > 65535) {
+    return what + ": bad shape (n_rows <= 65535 per call)";
+  }
+  if (n_rows == 0) return "";
+  if (!y || !x) return what + ": null pointer";
+  const dim3 grid(static_cast<unsigned>((n + 255) / 256), static_cast<unsigned>(n_rows));
+  AddRowsKernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(y, x, n, x_stride,
+                                                                     gate_logits);
   return CheckLaunch(what);
 }
 

@@ -3,6 +3,7 @@
 // The reference is the exact product of the weights dequantised by kcpu::DequantizeRow,
 // in double: the GPU reads the same bit-identical weights and accumulates in F32.
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -28,10 +29,12 @@ const char* Name(GgmlType t) { return kcpu::GetTypeTraits(t).name; }
 // Column counts that exercise a type: several blocks, and for the float types counts
 // that are not a multiple of the 8-value chunk or of a warp's 256 values.
 std::vector<int64_t> ColsFor(GgmlType t) {
+  // The longer rows reach the GEMV's four-chunks-per-lane loop (more than 128 chunks of 8)
+  // and its tail.
   const int64_t b = kcpu::GetTypeTraits(t).block_elems;
-  if (b == 1) return {1, 75, 256, 300};
-  if (b == 32) return {32, 96, 544};
-  return {256, 768};
+  if (b == 1) return {1, 75, 256, 300, 1500};
+  if (b == 32) return {32, 96, 544, 2080};
+  return {256, 768, 2816};
 }
 
 // Checks y [n_tokens][rows] against the double-precision product. Tolerance: each output
@@ -95,6 +98,71 @@ TEST_P(MatMulTypeTest, GemvMatchesDequantisedProduct) {
       for (int64_t t : {1, 2, 3, 8, 17})
         RunMatMul(rng, GetParam(), rows, cols, t, MatMulPath::kGemv);
     }
+  }
+}
+
+// Selected experts: every selection is the GEMV of its expert and activation row, bit for
+// bit; an id outside the stack gives NaN rows.
+TEST_P(MatMulTypeTest, SelectedExpertsAreTheirOwnGemv) {
+  MOEX_SKIP_WITHOUT_CUDA();
+  std::mt19937_64 rng(FreshSeed());
+  const GgmlType type = GetParam();
+  const int64_t n_expert = 5, rows = 37;
+  for (int64_t cols : ColsFor(type)) {
+    std::vector<HostMatrix> experts;
+    std::vector<uint8_t> stack;
+    for (int64_t e = 0; e < n_expert; ++e) {
+      experts.push_back(RandomMatrix(rng, type, rows, cols));
+      stack.insert(stack.end(), experts.back().bytes.begin(), experts.back().bytes.end());
+    }
+    const int64_t expert_bytes = static_cast<int64_t>(experts[0].bytes.size());
+    // Two tokens with three picks each (a repeat included), gate/up style (x_group 3),
+    // then one activation row per pick, down style (x_group 1).
+    const std::vector<int32_t> ids = {4, 0, 2, 2, 1, 4};
+    for (int64_t x_group : {3, 1}) {
+      const int64_t n_rows = static_cast<int64_t>(ids.size()) / x_group;
+      const std::vector<float> x = RandomFloats(rng, n_rows * cols);
+      DeviceBuffer<uint8_t> dw(stack);
+      DeviceBuffer<int32_t> dids(ids);
+      DeviceBuffer<float> dx(x);
+      DeviceBuffer<float> dy(static_cast<int64_t>(ids.size()) * rows);
+      dy.Poison();
+      ASSERT_EQ(MatMulSelected(type, dw.get(), n_expert, rows, cols, dids.get(),
+                               static_cast<int64_t>(ids.size()), dx.get(), x_group, cols, dy.get(),
+                               nullptr),
+                "");
+      const std::vector<float> got = dy.Download();
+      for (size_t i = 0; i < ids.size(); ++i) {
+        const std::string what = std::string(Name(type)) + " cols=" + std::to_string(cols) +
+                                 " group=" + std::to_string(x_group) +
+                                 " selection=" + std::to_string(i);
+        const int64_t xr = static_cast<int64_t>(i) / x_group;
+        const std::vector<float> xi(x.begin() + xr * cols, x.begin() + (xr + 1) * cols);
+        DeviceBuffer<float> dxi(xi), dyi(rows);
+        dyi.Poison();
+        ASSERT_EQ(MatMul(type, dw.get() + ids[i] * expert_bytes, rows, cols, dxi.get(), 1,
+                         dyi.get(), nullptr, MatMulPath::kGemv),
+                  "");
+        const std::vector<float> want = dyi.Download();
+        const std::vector<float> mine(got.begin() + i * rows, got.begin() + (i + 1) * rows);
+        ExpectProduct(experts[ids[i]], xi, 1, mine, what);
+        for (int64_t r = 0; r < rows; ++r) {
+          ASSERT_EQ(std::memcmp(&mine[r], &want[r], 4), 0) << what << " row " << r;
+        }
+      }
+    }
+    // A bad id: NaN rows for that selection, the others still right.
+    const std::vector<int32_t> bad = {1, n_expert};
+    const std::vector<float> x = RandomFloats(rng, cols);
+    DeviceBuffer<uint8_t> dw(stack);
+    DeviceBuffer<int32_t> dids(bad);
+    DeviceBuffer<float> dx(x), dy(2 * rows);
+    ASSERT_EQ(MatMulSelected(type, dw.get(), n_expert, rows, cols, dids.get(), 2, dx.get(), 2, cols,
+                             dy.get(), nullptr),
+              "");
+    const std::vector<float> got = dy.Download();
+    for (int64_t r = 0; r < rows; ++r) ASSERT_TRUE(std::isnan(got[rows + r])) << r;
+    ExpectProduct(experts[1], x, 1, std::vector<float>(got.begin(), got.begin() + rows), "bad id");
   }
 }
 

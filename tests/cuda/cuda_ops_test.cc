@@ -194,6 +194,38 @@ TEST(CudaOpsTest, SwiGluMatchesCpu) {
   }
 }
 
+TEST(CudaOpsTest, AddRowsAddsRowsBiasesAndGatedRows) {
+  MOEX_SKIP_WITHOUT_CUDA();
+  std::mt19937_64 rng(FreshSeed());
+  for (auto [n_rows, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 300}, {17, 2049}}) {
+    for (int mode = 0; mode < 3; ++mode) {  // rows, a bias (stride 0), sigmoid-gated rows
+      const int64_t stride = mode == 1 ? 0 : n;
+      const std::vector<float> y = RandomFloats(rng, n_rows * n);
+      const std::vector<float> x = RandomFloats(rng, mode == 1 ? n : n_rows * n);
+      const std::vector<float> logits = RandomFloats(rng, n_rows, 3.0f);
+      DeviceBuffer<float> dy(y), dx(x), dl(logits);
+      ASSERT_EQ(
+          AddRows(dy.get(), dx.get(), n_rows, n, stride, mode == 2 ? dl.get() : nullptr, nullptr),
+          "");
+      const std::vector<float> got = dy.Download();
+      for (int64_t r = 0; r < n_rows; ++r) {
+        const float g = mode == 2 ? 1.0f / (1.0f + std::exp(-logits[r])) : 1.0f;
+        for (int64_t c = 0; c < n; ++c) {
+          const float want = y[r * n + c] + g * x[r * stride + c];
+          // expf within 2 ulp, then a division, a product and a sum.
+          ASSERT_NEAR(
+              got[r * n + c], want,
+              8 * kF32Unit * (std::fabs(y[r * n + c]) + std::fabs(x[r * stride + c])) + 1e-30)
+              << "mode " << mode << " r=" << r << " c=" << c;
+        }
+      }
+    }
+  }
+  float* null = nullptr;
+  EXPECT_NE(AddRows(null, null, 1, 1, 1, nullptr, nullptr), "");
+  EXPECT_NE(AddRows(null, null, 70000, 1, 1, nullptr, nullptr), "");
+}
+
 TEST(CudaOpsTest, CombineExpertsIsTheWeightedSumInPickOrder) {
   MOEX_SKIP_WITHOUT_CUDA();
   std::mt19937_64 rng(FreshSeed());
