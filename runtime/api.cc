@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cache/kv_cache.h"
 #include "moex/moex.h"
@@ -13,7 +14,9 @@
 #include "runtime/arch.h"
 #include "runtime/core/gguf.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/device/device.h"
 #include "runtime/forward.h"
+#include "runtime/gpu_forward.h"
 #include "runtime/hybrid_run.h"
 #include "runtime/model_info.h"
 #include "runtime/model_weights.h"
@@ -89,7 +92,8 @@ struct Session::Impl {
   PredictionCallback prediction_callback;
   int prediction_distance = 0;
   int64_t layer_pos0 = 0;             // position of the batch the meter is looking at
-  std::unique_ptr<HybridRun> hybrid;  // null on cpu
+  std::unique_ptr<HybridRun> hybrid;  // sim:PROFILE, else null
+  std::unique_ptr<GpuForward> gpu;    // cuda, else null
 
   // The device clock now (0 on cpu).
   double DeviceSeconds() {
@@ -164,7 +168,21 @@ absl::StatusOr<std::unique_ptr<Session>> Model::NewSession(const SessionOptions&
   MOEX_ASSIGN_OR_RETURN(ko.policy, ParseKvPolicy(options.kv_policy));
   MOEX_ASSIGN_OR_RETURN(s->kv, KvCache::Create(ko));
   s->forward = std::make_unique<Forward>(&impl_->weights, s->kv.get());
-  if (!options.device.empty() && options.device != "cpu") {
+  if (absl::StartsWith(options.device, "cuda")) {
+    if (ko.policy.name != "full") {
+      return absl::UnimplementedError(absl::StrCat(
+          "--device cuda: KV policy '", ko.policy.name,
+          "' runs on the CPU only for now (the GPU holds the full cache); use --kv-policy full"));
+    }
+    GpuForwardOptions go;
+    MOEX_ASSIGN_OR_RETURN(go.device_index, ParseCudaDeviceIndex(options.device));
+    go.gpu_mem = options.gpu_mem;
+    go.moe_policy = options.moe_policy;
+    go.kv_type = ko.type;
+    go.context = ctx;
+    MOEX_ASSIGN_OR_RETURN(s->gpu, GpuForward::Create(impl_->weights, go));
+    s->forward->set_gpu(s->gpu.get());
+  } else if (!options.device.empty() && options.device != "cpu") {
     HybridRunOptions ho;
     ho.device = options.device;
     ho.cpu_profile = options.cpu_profile;
@@ -295,12 +313,31 @@ std::vector<PredictorAccuracy> Session::predictor_accuracy() const {
 
 int64_t Session::position() const { return impl_->kv->size(); }
 int64_t Session::context() const { return impl_->kv->capacity(); }
-int64_t Session::kv_bytes() const { return impl_->kv->bytes(); }
-int64_t Session::kv_peak_bytes() const { return impl_->kv->peak_bytes(); }
+int64_t Session::kv_bytes() const {
+  return impl_->gpu ? impl_->gpu->kv_bytes() : impl_->kv->bytes();
+}
+int64_t Session::kv_peak_bytes() const {
+  return impl_->gpu ? impl_->gpu->kv_bytes() : impl_->kv->peak_bytes();
+}
 const Stats& Session::stats() const { return impl_->stats; }
 
 DeviceStats Session::device_stats() const {
   DeviceStats d;
+  if (const GpuForward* g = impl_->gpu.get()) {
+    // A static split: whole layers' experts on the GPU, the others on the CPU.
+    d.device = g->device_name();
+    d.moe_policy = "static-layers";
+    d.steps = g->steps();
+    d.tokens = g->tokens();
+    d.layer_gpu_experts = g->layer_gpu_experts();
+    d.layer_cpu_experts = g->layer_cpu_experts();
+    for (size_t il = 0; il < g->expert_layers_on_gpu().size(); ++il) {
+      d.slots += g->expert_layers_on_gpu()[il] ? impl_->model->weights.hp.n_expert : 0;
+      d.hits += d.layer_gpu_experts[il];
+      d.misses += d.layer_cpu_experts[il];
+    }
+    return d;
+  }
   const HybridRun* h = impl_->hybrid.get();
   if (h == nullptr) return d;
   const HybridStats& st = h->stats();

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels_cpu/ops.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/gpu_forward.h"
 
 namespace moex {
 namespace {
@@ -72,6 +73,11 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
   }
   MOEX_RETURN_IF_ERROR(kv_->Reserve(n));
   const int64_t pos0 = kv_->size();
+  if (gpu_ != nullptr) {
+    MOEX_RETURN_IF_ERROR(gpu_->Eval(tokens, pos0, all_logits, logits, observer_));
+    kv_->Advance(n);
+    return absl::OkStatus();
+  }
   const int64_t E = hp.n_embd;
 
   x_.resize(n * E);

@@ -22,6 +22,8 @@
 
 namespace moex {
 
+class GpuForward;
+
 // What an observer sees of one MoE layer, after its routing and before its experts run:
 // for traces, statistics and the expert predictors (which read the hidden states).
 struct MoeLayerEvent {
@@ -49,6 +51,9 @@ class Forward {
   // Runs the pass on a device with the hybrid executor (null: the CPU alone). The numbers
   // are the same either way; the device's clock says how long a GPU would have taken.
   void set_hybrid(HybridRun* hybrid) { hybrid_ = hybrid; }
+  // Runs the pass on a real GPU (runtime/gpu_forward.h) instead; this object keeps the
+  // checks and the KV cache's positions (its rows live on the GPU).
+  void set_gpu(GpuForward* gpu) { gpu_ = gpu; }
 
  private:
   void Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, float* out);
@@ -57,6 +62,7 @@ class Forward {
   KvCache* kv_;
   RoutingObserver observer_;
   HybridRun* hybrid_ = nullptr;
+  GpuForward* gpu_ = nullptr;
   // Scratch reused across calls to keep decode free of allocations.
   std::vector<float> x_, cur_, q_, k_, v_, attn_, ffn_;
   Routing routing_;

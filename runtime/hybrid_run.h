@@ -27,7 +27,7 @@
 namespace moex {
 
 struct HybridRunOptions {
-  std::string device = "cpu";  // "sim:PROFILE" (cuda execution: not yet)
+  std::string device = "cpu";  // "sim:PROFILE" (cuda runs runtime/gpu_forward.h)
   std::string cpu_profile;     // the host side on sim: a profile name, "host" (calibrated)
   std::string gpu_mem;         // expert slots: "6GiB", "25%" of the experts; empty: what fits
   std::string moe_policy = "hybrid";
@@ -37,9 +37,9 @@ struct HybridRunOptions {
 
 class HybridRun {
  public:
-  // Errors: kInvalidArgument (a bad option; a dense model), kNotFound (a profile),
-  // kResourceExhausted (weights + KV + slots beyond the device's memory, naming each),
-  // kUnimplemented (cuda: the forward pass does not run on a real GPU yet).
+  // Errors: kInvalidArgument (a bad option; a dense model; a device other than sim),
+  // kNotFound (a profile), kResourceExhausted (weights + KV + slots beyond the device's
+  // memory, naming each).
   static absl::StatusOr<std::unique_ptr<HybridRun>> Create(const ModelWeights& weights,
                                                            const HybridRunOptions& options);
 

@@ -232,10 +232,14 @@ void ParseDevice(const Args& a, SessionOptions* s) {
 }
 
 const char kDeviceHelp[] =
-    "  --device D       cpu (default) | sim:PROFILE: a simulated GPU beside this CPU (same\n"
-    "                   tokens; reports the GPU's time; profiles: moex calibrate --list-profiles)\n"
+    "  --device D       cpu (default) | cuda[:N]: the GPU runs attention, norms, routers, shared\n"
+    "                   experts, the head and the experts of the deepest layers that fit, the\n"
+    "                   CPU the other layers' experts | sim:PROFILE: a simulated GPU beside\n"
+    "                   this CPU (same tokens; reports the GPU's time; profiles: moex calibrate\n"
+    "                   --list-profiles)\n"
     "  --cpu-profile C  sim: the CPU side, host (measured, default) or a profile name\n"
-    "  --gpu-mem SIZE   sim: GPU memory for expert slots: 6GiB, 512MiB, 25% (default: all left)\n"
+    "  --gpu-mem SIZE   GPU memory for experts: 6GiB, 512MiB, 25% (default: all left); cuda\n"
+    "                   places whole layers\n"
     "  --moe-policy P   hybrid (default), static-layers, lru-ondemand, cpu-only, gpu-only\n"
     "  --cache-policy C score, lru, lfu (default: the policy's)\n"
     "  --prefetch M     impact, score-rank, none (default: the policy's)\n";

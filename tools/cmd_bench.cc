@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "moex/device.h"
 #include "moex/info.h"
 #include "moex/moex.h"
 #include "tools/args.h"
@@ -32,7 +34,9 @@ constexpr char kHelp[] =
     "                     \"bw_fraction\",\"kv_bytes\",...} on stdout; with --device sim:P also\n"
     "                     "
     "\"sim_prefill_tps\",\"sim_decode_tps\",\"hit_rate\",\"bytes_copied_per_token\",\n"
-    "                     \"stall_ms_per_token\" and the per-layer CPU/GPU split\n";
+    "                     \"stall_ms_per_token\" and the per-layer CPU/GPU split; with\n"
+    "                     --device cuda \"gpu_expert_share\",\"gpu_mem_bw_gbps\",\n"
+    "                     \"gpu_bw_fraction\" and the split (mem_bw_gbps is the host's)\n";
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -132,7 +136,8 @@ int CmdBench(int argc, char** argv) {
   const double dec = Median(decode_tps), pre = Median(prefill_tps);
   const double fraction = bw > 0 ? dec * bpt / bw : 0;
   const int threads = mo.threads > 0 ? mo.threads : PhysicalCores();
-  const bool sim = dev.device != "cpu";
+  const bool sim = absl::StartsWith(dev.device, "sim:");
+  const bool cuda = absl::StartsWith(dev.device, "cuda");
   const double uses = static_cast<double>(dev.hits + dev.misses);
   const double hit_rate = uses > 0 ? dev.hits / uses : 0;
   const double per_tok = dev.tokens > 0 ? 1.0 / dev.tokens : 0;
@@ -153,6 +158,27 @@ int CmdBench(int argc, char** argv) {
         JsonString(dev.prefetch), Median(sim_prefill_tps), Median(sim_decode_tps), hit_rate,
         dev.bytes_copied * per_tok, 1e3 * dev.stall_seconds * per_tok, dev.slots, dev.expert_bytes,
         dev.ondemand_copies, dev.prefetch_copies, dev.refresh_copies, dev.prefetch_used, split);
+  }
+  double gpu_bw = 0;  // the GPU's memory bandwidth (calibration, cached per machine)
+  if (cuda) {
+    CalibrateOptions co;
+    absl::StatusOr<CalibrationResult> cal = Calibrate(co);
+    if (cal.ok() && cal->has_gpu) gpu_bw = cal->gpu_mem_gbps * 1e9;
+  }
+  const double gpu_fraction = gpu_bw > 0 ? dec * bpt / gpu_bw : 0;
+  if (cuda) {
+    // A real GPU: the times above are its own; the split is static (whole layers). The
+    // limit is the GPU's bandwidth when every expert is there (bw_fraction stays the host's).
+    std::string split;
+    for (size_t l = 0; l < dev.layer_gpu_experts.size(); ++l) {
+      absl::StrAppendFormat(&split, "%s{\"gpu_experts\":%.4f,\"cpu_experts\":%.4f}", l ? "," : "",
+                            dev.layer_gpu_experts[l] * per_tok, dev.layer_cpu_experts[l] * per_tok);
+    }
+    sim_json = absl::StrFormat(
+        ",\"device\":%s,\"moe_policy\":%s,\"gpu_expert_share\":%.4f,\"slots\":%d,"
+        "\"gpu_mem_bw_gbps\":%.1f,\"gpu_bw_fraction\":%.4f,\"layers\":[%s]",
+        JsonString(dev.device), JsonString(dev.moe_policy), hit_rate, dev.slots, gpu_bw / 1e9,
+        gpu_fraction, split);
   }
   if (a.Has("json")) {
     std::printf(
@@ -175,6 +201,13 @@ int CmdBench(int argc, char** argv) {
         (long long)n_decode, dec, bpt / 1e6, bw / 1e9, bpt > 0 ? bw / bpt : 0, 100 * fraction);
     std::printf("  KV cache: %.2f MB now, peak %.2f MB (%s, %s)\n", kv_bytes / 1e6, kv_peak / 1e6,
                 so.kv_policy.c_str(), so.kv_type.c_str());
+    if (cuda) {
+      std::printf(
+          "  on %s (%s): %lld expert slots, %.0f%% of the expert runs on the GPU; its bandwidth "
+          "%.0f GB/s -> decode at %.1f%% of it\n",
+          dev.device.c_str(), dev.moe_policy.c_str(), (long long)dev.slots, 100 * hit_rate,
+          gpu_bw / 1e9, 100 * gpu_fraction);
+    }
     if (sim) {
       std::printf(
           "  on %s (%s, cache %s, prefetch %s, %lld expert slots): prefill %.1f tok/s, decode "

@@ -40,13 +40,17 @@ struct SessionOptions {
   // pool=N]" with a budget in tokens per KV head or as a fraction of the context.
   std::string kv_policy = "full";
 
-  // Where the model runs: "cpu" (default), or "sim:PROFILE", a simulated GPU of that
-  // profile beside this CPU: the numbers are computed on the CPU exactly as with "cpu", and
-  // the device clock says how long the GPU and CPU together would take (Stats's device_*,
-  // device_stats(); docs/DEVICE.md, docs/HYBRID.md). A real GPU ("cuda") is not yet used.
+  // Where the model runs: "cpu" (default); "cuda" or "cuda:N", a real GPU holding
+  // attention and its KV cache, routers, norms, shared experts, the head and the routed
+  // experts of the deepest layers that fit (whole layers; the CPU runs the others: a
+  // static split, moe_policy static-layers, gpu-only or cpu-only; the KV policy "full");
+  // or "sim:PROFILE", a simulated GPU of that profile beside this CPU: the numbers are
+  // computed on the CPU exactly as with "cpu", and the device clock says how long the GPU
+  // and CPU together would take (Stats's device_*, device_stats(); docs/DEVICE.md,
+  // docs/HYBRID.md).
   std::string device = "cpu";
   std::string cpu_profile;  // sim: the host side: "host" (this machine, measured) or a name
-  std::string gpu_mem;      // sim: GPU memory for expert slots ("6GiB", "25%" of the experts);
+  std::string gpu_mem;      // GPU memory for experts ("6GiB", "25%" of the experts);
                             // empty: all that is left after weights and KV
   std::string moe_policy = "hybrid";  // hybrid, static-layers, lru-ondemand, cpu-only, gpu-only
   std::string cache_policy;           // score, lru, lfu (empty: the policy's own)
@@ -89,7 +93,9 @@ struct Stats {
   }
 };
 
-// What the hybrid executor did since the session started (all zero on cpu).
+// What the hybrid executor did since the session started (all zero on cpu). On cuda:
+// the device, moe_policy, slots, steps, tokens and the per-layer split; hits / misses
+// count the expert runs on the GPU / the CPU; the copy and clock fields stay zero.
 struct DeviceStats {
   std::string device = "cpu";  // "sim:rtx4060-8g"
   std::string moe_policy, cache_policy, prefetch;

@@ -1,5 +1,6 @@
 // The host as a device: host memory under a budget, everything synchronous on the calling
 // thread, the wall clock. Also CreateDevice, which parses the --device spec.
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -107,6 +108,19 @@ std::unique_ptr<Device> CreateCpuDevice(int64_t budget_bytes) {
 
 std::unique_ptr<Device> CreateCpuDevice() { return CreateCpuDevice(0); }
 
+absl::StatusOr<int> ParseCudaDeviceIndex(std::string_view spec_view) {
+  const std::string spec(spec_view);  // Debian's Abseil takes no std::string_view
+  if (spec == "cuda") return 0;
+  const std::string n = spec.substr(std::min<size_t>(spec.size(), 5));
+  int index = -1;
+  if (spec.rfind("cuda:", 0) != 0 || n.empty() ||
+      n.find_first_not_of("0123456789") != std::string::npos || !absl::SimpleAtoi(n, &index)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device '", spec, "': expected cuda:N with N a device index (0, 1, ...)"));
+  }
+  return index;
+}
+
 absl::StatusOr<std::unique_ptr<Device>> CreateDevice(std::string_view spec, const CpuProfile& cpu,
                                                      int64_t budget_bytes) {
   const std::string s(spec);
@@ -115,16 +129,10 @@ absl::StatusOr<std::unique_ptr<Device>> CreateDevice(std::string_view spec, cons
         absl::StrCat("device '", s, "': negative memory budget ", budget_bytes));
   }
   if (s == "cpu") return CreateCpuDevice(budget_bytes);
-  if (s == "cuda") return CreateCudaDevice(0, budget_bytes);
-  if (s.rfind("cuda:", 0) == 0) {
-    const std::string n = s.substr(5);
-    int index = -1;
-    if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos ||
-        !absl::SimpleAtoi(n, &index)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("device '", s, "': expected cuda:N with N a device index (0, 1, ...)"));
-    }
-    return CreateCudaDevice(index, budget_bytes);
+  if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
+    absl::StatusOr<int> index = ParseCudaDeviceIndex(s);
+    if (!index.ok()) return index.status();
+    return CreateCudaDevice(*index, budget_bytes);
   }
   if (s.rfind("sim:", 0) == 0) {
     const std::string profile = s.substr(4);

@@ -193,6 +193,9 @@ absl::StatusOr<std::unique_ptr<Device>> CreateSimDevice(const SimDeviceOptions& 
 // present. budget_bytes 0: the free memory at creation.
 absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int index, int64_t budget_bytes);
 
+// The N of "cuda" (0) or "cuda:N"; kInvalidArgument for anything else.
+absl::StatusOr<int> ParseCudaDeviceIndex(std::string_view spec);
+
 // "cpu", "cuda", "cuda:N", "sim:PROFILE" (a GPU profile name). For sim, `cpu` is the host
 // side's profile and `budget_bytes` the memory budget (0: the profile's).
 absl::StatusOr<std::unique_ptr<Device>> CreateDevice(std::string_view spec, const CpuProfile& cpu,
