@@ -94,6 +94,7 @@ struct Session::Impl {
   int64_t layer_pos0 = 0;             // position of the batch the meter is looking at
   std::unique_ptr<HybridRun> hybrid;  // sim:PROFILE, else null
   std::unique_ptr<GpuForward> gpu;    // cuda, else null
+  std::string device_note;            // auto: why the GPU is not used
 
   // The device clock now (0 on cpu).
   double DeviceSeconds() {
@@ -151,6 +152,29 @@ std::string Model::Detokenize(std::span<const int32_t> tokens) const {
 
 const Tokenizer* Model::tokenizer() const { return impl_->tokenizer.get(); }
 
+namespace {
+
+// The GPU pass of a session on `device` ("cuda" or "cuda:N").
+absl::StatusOr<std::unique_ptr<GpuForward>> MakeGpuForward(const ModelWeights& weights,
+                                                           const SessionOptions& options,
+                                                           const KvCache::Options& ko, int64_t ctx,
+                                                           const std::string& device) {
+  if (ko.policy.name != "full") {
+    return absl::UnimplementedError(absl::StrCat(
+        "--device cuda: KV policy '", ko.policy.name,
+        "' runs on the CPU only for now (the GPU holds the full cache); use --kv-policy full"));
+  }
+  GpuForwardOptions go;
+  MOEX_ASSIGN_OR_RETURN(go.device_index, ParseCudaDeviceIndex(device));
+  go.gpu_mem = options.gpu_mem;
+  go.moe_policy = options.moe_policy;
+  go.kv_type = ko.type;
+  go.context = ctx;
+  return GpuForward::Create(weights, go);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Session>> Model::NewSession(const SessionOptions& options) const {
   const HParams& hp = impl_->weights.hp;
   int64_t ctx = options.context > 0 ? options.context : std::min<int64_t>(hp.n_ctx_train, 4096);
@@ -168,20 +192,19 @@ absl::StatusOr<std::unique_ptr<Session>> Model::NewSession(const SessionOptions&
   MOEX_ASSIGN_OR_RETURN(ko.policy, ParseKvPolicy(options.kv_policy));
   MOEX_ASSIGN_OR_RETURN(s->kv, KvCache::Create(ko));
   s->forward = std::make_unique<Forward>(&impl_->weights, s->kv.get());
-  if (absl::StartsWith(options.device, "cuda")) {
-    if (ko.policy.name != "full") {
-      return absl::UnimplementedError(absl::StrCat(
-          "--device cuda: KV policy '", ko.policy.name,
-          "' runs on the CPU only for now (the GPU holds the full cache); use --kv-policy full"));
+  const bool auto_device = options.device == "auto";
+  if (auto_device || absl::StartsWith(options.device, "cuda")) {
+    absl::StatusOr<std::unique_ptr<GpuForward>> gpu =
+        MakeGpuForward(impl_->weights, options, ko, ctx, auto_device ? "cuda" : options.device);
+    if (gpu.ok()) {
+      s->gpu = std::move(*gpu);
+      s->forward->set_gpu(s->gpu.get());
+    } else if (!auto_device) {
+      return gpu.status();
+    } else if (gpu.status().code() != absl::StatusCode::kUnavailable) {
+      // A GPU is there but this model or these options do not run on it: the CPU does.
+      s->device_note = absl::StrCat("no GPU run (", gpu.status().message(), "); on the CPU");
     }
-    GpuForwardOptions go;
-    MOEX_ASSIGN_OR_RETURN(go.device_index, ParseCudaDeviceIndex(options.device));
-    go.gpu_mem = options.gpu_mem;
-    go.moe_policy = options.moe_policy;
-    go.kv_type = ko.type;
-    go.context = ctx;
-    MOEX_ASSIGN_OR_RETURN(s->gpu, GpuForward::Create(impl_->weights, go));
-    s->forward->set_gpu(s->gpu.get());
   } else if (!options.device.empty() && options.device != "cpu") {
     HybridRunOptions ho;
     ho.device = options.device;
@@ -323,6 +346,7 @@ const Stats& Session::stats() const { return impl_->stats; }
 
 DeviceStats Session::device_stats() const {
   DeviceStats d;
+  d.note = impl_->device_note;
   if (const GpuForward* g = impl_->gpu.get()) {
     // A static split: whole layers' experts on the GPU, the others on the CPU.
     d.device = g->device_name();

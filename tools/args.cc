@@ -223,7 +223,8 @@ std::set<std::string> WithDevice(std::set<std::string> flags) {
 }
 
 void ParseDevice(const Args& a, SessionOptions* s) {
-  s->device = a.Str("device", s->device);
+  // The command line's default is the GPU when there is one (the library's is cpu).
+  s->device = a.Str("device", "auto");
   s->cpu_profile = a.Str("cpu-profile", s->cpu_profile);
   s->gpu_mem = a.Str("gpu-mem", s->gpu_mem);
   s->moe_policy = a.Str("moe-policy", s->moe_policy);
@@ -232,7 +233,9 @@ void ParseDevice(const Args& a, SessionOptions* s) {
 }
 
 const char kDeviceHelp[] =
-    "  --device D       cpu (default) | cuda[:N]: the GPU runs attention, norms, routers, shared\n"
+    "  --device D       auto (default: cuda when a GPU is present and the model runs there,\n"
+    "                   else cpu) | cpu | cuda[:N]: the GPU runs attention, norms, routers, "
+    "shared\n"
     "                   experts, the head and the experts of the deepest layers that fit, the\n"
     "                   CPU the other layers' experts | sim:PROFILE: a simulated GPU beside\n"
     "                   this CPU (same tokens; reports the GPU's time; profiles: moex calibrate\n"

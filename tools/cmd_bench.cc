@@ -125,6 +125,7 @@ int CmdBench(int argc, char** argv) {
     sim_prefill_tps.push_back(st.device_prefill_tps());
     sim_decode_tps.push_back(st.device_decode_tps());
     dev = (*s)->device_stats();
+    if (r == 0 && !dev.note.empty()) std::fprintf(stderr, "moex bench: %s\n", dev.note.c_str());
     kv_bytes = (*s)->kv_bytes();
     kv_peak = (*s)->kv_peak_bytes();
     if (!a.Has("json")) {

@@ -242,6 +242,10 @@ int CmdChat(int argc, char** argv) {
   }
   absl::StatusOr<std::unique_ptr<Session>> session = (*model)->NewSession(so);
   if (!session.ok()) return Fail("chat", std::string(session.status().message()));
+  if (const DeviceStats d = (*session)->device_stats(); d.device != "cpu" || !d.note.empty()) {
+    std::fprintf(stderr, "moex chat: on %s%s%s\n", d.device.c_str(), d.note.empty() ? "" : ": ",
+                 d.note.c_str());
+  }
   const ModelInfo& info = (*model)->info();
   std::fprintf(stderr,
                "moex chat: %s, %lld layers, %lld experts (top-%lld), template %s, "

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "moex/moex.h"
@@ -210,10 +211,15 @@ int CmdRun(int argc, char** argv) {
                  "moex run: prompt %lld tokens at %.1f tokens/s, generated %lld at %.1f tokens/s\n",
                  static_cast<long long>(st.prompt_tokens), st.prefill_tps(),
                  static_cast<long long>(st.generated_tokens), st.decode_tps());
-    if (dev.device != "cpu") {
+    if (absl::StartsWith(dev.device, "sim:")) {
       std::fprintf(stderr, "moex run: on %s: prompt at %.1f tokens/s, generated at %.1f tokens/s\n",
                    dev.device.c_str(), st.device_prefill_tps(), st.device_decode_tps());
+    } else if (dev.device != "cpu") {
+      std::fprintf(stderr, "moex run: on %s, %lld of %lld expert runs on the GPU\n",
+                   dev.device.c_str(), static_cast<long long>(dev.hits),
+                   static_cast<long long>(dev.hits + dev.misses));
     }
+    if (!dev.note.empty()) std::fprintf(stderr, "moex run: %s\n", dev.note.c_str());
   }
   return 0;
 }

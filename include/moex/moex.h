@@ -40,7 +40,9 @@ struct SessionOptions {
   // pool=N]" with a budget in tokens per KV head or as a fraction of the context.
   std::string kv_policy = "full";
 
-  // Where the model runs: "cpu" (default); "cuda" or "cuda:N", a real GPU holding
+  // Where the model runs: "cpu" (default); "auto": cuda:0 when there is a GPU and the
+  // model and these options run there, else cpu (device_stats().note says why a present
+  // GPU was not used); "cuda" or "cuda:N", a real GPU holding
   // attention and its KV cache, routers, norms, shared experts, the head and the routed
   // experts of the deepest layers that fit (whole layers; the CPU runs the others: a
   // static split, moe_policy static-layers, gpu-only or cpu-only; the KV policy "full");
@@ -97,7 +99,8 @@ struct Stats {
 // the device, moe_policy, slots, steps, tokens and the per-layer split; hits / misses
 // count the expert runs on the GPU / the CPU; the copy and clock fields stay zero.
 struct DeviceStats {
-  std::string device = "cpu";  // "sim:rtx4060-8g"
+  std::string device = "cpu";  // "sim:rtx4060-8g", "cuda:0 (NVIDIA ...)"
+  std::string note;            // --device auto on the CPU beside a GPU: why
   std::string moe_policy, cache_policy, prefetch;
   double seconds = 0;  // the device clock
   int64_t steps = 0, tokens = 0;

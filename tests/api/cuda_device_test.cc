@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/moex.h"
@@ -243,6 +244,31 @@ TEST(CudaForwardTest, RefusesWhatItCannotDo) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(s.status().message(), HasSubstr("KV cache"));
+}
+
+// "auto" (the command line's default): the GPU when there is one, else the CPU, silently
+// when no GPU is present and with the reason when one is but cannot run the session.
+TEST(CudaForwardTest, AutoUsesTheGpuWhenThereIsOne) {
+  const std::string dir = testing::MakeTempDir();
+  auto m = MakeModel(Spec("qwen3moe", "q8_0"), dir);
+  ASSERT_TRUE(m);
+  const bool gpu = HaveGpu(*m);
+  SessionOptions so;
+  so.context = 64;
+  so.device = "auto";
+  absl::StatusOr<std::unique_ptr<Session>> s = m->NewSession(so);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(absl::StartsWith((*s)->device_stats().device, "cuda:0"), gpu);
+  if (!gpu) EXPECT_EQ((*s)->device_stats().device, "cpu");
+  EXPECT_EQ((*s)->device_stats().note, "");
+  absl::StatusOr<std::vector<float>> l = (*s)->Evaluate(std::vector<int32_t>{1, 2, 3});
+  ASSERT_TRUE(l.ok()) << l.status();
+  // A KV policy the GPU pass does not have: the CPU runs it, and says so beside a GPU.
+  so.kv_policy = "h2o:budget=32";
+  s = m->NewSession(so);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->device_stats().device, "cpu");
+  if (gpu) EXPECT_THAT((*s)->device_stats().note, HasSubstr("h2o"));
 }
 
 }  // namespace
