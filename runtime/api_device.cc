@@ -124,6 +124,8 @@ absl::StatusOr<CalibrationResult> Calibrate(const CalibrateOptions& options) {
     r.gpu_h2d_latency_us = c->gpu.h2d_latency_us;
     r.gpu_mem_gbps = c->gpu.mem_gbps;
     r.gpu_launch_us = c->gpu.launch_us;
+    r.gpu_expert_us_t1 = c->gpu.expert_us_t1;
+    r.gpu_expert_us_tn = c->gpu.expert_us_tn;
     r.gpu = ToInfo(c->gpu.profile);
   }
   r.cached = c->cached;

@@ -151,7 +151,9 @@ int CmdCalibrate(int argc, char** argv) {
       gpu = absl::StrCat(
           "{\"device\":", JsonString(r->gpu_device), ",\"h2d_gbps\":", J(r->gpu_h2d_gbps),
           ",\"h2d_latency_us\":", J(r->gpu_h2d_latency_us), ",\"mem_gbps\":", J(r->gpu_mem_gbps),
-          ",\"launch_us\":", J(r->gpu_launch_us), ",\"profile\":", GpuJson(r->gpu), "}");
+          ",\"launch_us\":", J(r->gpu_launch_us), ",\"expert_us_t1\":", J(r->gpu_expert_us_t1),
+          ",\"expert_us_", tn, "\":", J(r->gpu_expert_us_tn), ",\"profile\":", GpuJson(r->gpu),
+          "}");
     }
     std::printf(
         "%s\n",
@@ -184,6 +186,10 @@ int CmdCalibrate(int argc, char** argv) {
                 r->gpu_h2d_latency_us);
     std::printf("  memory       %.0f GB/s (device-to-device copy)\n", r->gpu_mem_gbps);
     std::printf("  launch       %.1f us\n", r->gpu_launch_us);
+    if (r->gpu_expert_us_t1 > 0) {
+      std::printf("  expert       %.1f us at 1 token, %.1f us at %lld\n", r->gpu_expert_us_t1,
+                  r->gpu_expert_us_tn, static_cast<long long>(r->batch));
+    }
     std::printf("  tensor       %.0f TFLOP/s (estimated from SMs x clock)\n", r->gpu.tflops);
   } else {
     std::printf("GPU            none (%s)\n", r->no_gpu_reason.c_str());

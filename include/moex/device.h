@@ -84,6 +84,8 @@ struct CalibrationResult {
   std::string no_gpu_reason;
   std::string gpu_device;  // the driver's name for it
   double gpu_h2d_gbps = 0, gpu_h2d_latency_us = 0, gpu_mem_gbps = 0, gpu_launch_us = 0;
+  // The same expert as cpu_expert_us_* on the GPU (0 when its type has no CUDA kernel).
+  double gpu_expert_us_t1 = 0, gpu_expert_us_tn = 0;
   GpuProfileInfo gpu;  // the measured numbers; tflops estimated from SMs x clock
 
   bool cached = false;     // read from the cache rather than measured now

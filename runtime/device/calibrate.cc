@@ -28,6 +28,7 @@
 #include "kernels_cpu/ops.h"
 #include "kernels_cpu/quant.h"
 #ifdef MOEX_HAVE_CUDA
+#include "kernels_cuda/cuda_ops.h"
 #include "kernels_cuda/cuda_runtime_wrap.h"
 #endif
 
@@ -170,6 +171,8 @@ std::string Serialize(const Calibration& c) {
     kv("gpu_h2d_latency_us", Fmt(c.gpu.h2d_latency_us));
     kv("gpu_mem_gbps", Fmt(c.gpu.mem_gbps));
     kv("gpu_launch_us", Fmt(c.gpu.launch_us));
+    kv("gpu_expert_us_t1", Fmt(c.gpu.expert_us_t1));
+    kv("gpu_expert_us_tn", Fmt(c.gpu.expert_us_tn));
     kv("gpu_name", c.gpu.profile.name);
     kv("gpu_memory_bytes", std::to_string(c.gpu.profile.memory_bytes));
     kv("gpu_tflops", Fmt(c.gpu.profile.tflops));
@@ -214,6 +217,8 @@ bool Deserialize(const std::string& text, const std::string& key, Calibration* c
     c->gpu.h2d_latency_us = num("gpu_h2d_latency_us");
     c->gpu.mem_gbps = num("gpu_mem_gbps");
     c->gpu.launch_us = num("gpu_launch_us");
+    c->gpu.expert_us_t1 = num("gpu_expert_us_t1");
+    c->gpu.expert_us_tn = num("gpu_expert_us_tn");
     c->gpu.profile.name = m["gpu_name"];
     c->gpu.profile.memory_bytes = static_cast<int64_t>(num("gpu_memory_bytes"));
     c->gpu.profile.tflops = num("gpu_tflops");
@@ -274,6 +279,7 @@ struct CudaScratch {
   void* stream = nullptr;
   void* e0 = nullptr;
   void* e1 = nullptr;
+  void *experts = nullptr, *x = nullptr, *gate = nullptr, *up = nullptr, *out = nullptr;
   ~CudaScratch() {
     if (stream) kcuda::CudaStreamSynchronize(stream);
     if (e0) kcuda::CudaEventDestroy(e0);
@@ -282,11 +288,16 @@ struct CudaScratch {
     if (a) kcuda::CudaFree(a);
     if (b) kcuda::CudaFree(b);
     if (pinned) kcuda::CudaFreeHost(pinned);
+    for (void* p : {experts, x, gate, up, out}) {
+      if (p) kcuda::CudaFree(p);
+    }
   }
 };
 
-// Measures GPU `index`; "" on success, else why not (then has_gpu stays false).
-std::string MeasureGpu(const CalibrationOptions& o, Calibration* c) {
+// Measures GPU `index`; "" on success, else why not (then has_gpu stays false). `w`: the
+// CPU measurement's expert copies, timed on the GPU too when kernels_cuda reads the type.
+std::string MeasureGpu(const CalibrationOptions& o, const ExpertWeights& w,
+                       const kcpu::TypeTraits& t, Calibration* c) {
   int count = 0;
   std::string err = kcuda::CudaGetDeviceCount(&count);
   if (!err.empty()) return err;
@@ -340,6 +351,48 @@ std::string MeasureGpu(const CalibrationOptions& o, Calibration* c) {
     err = timed(
         1000, [&] { return kcuda::CudaLaunchEmpty(s.stream); }, &t_launch);
   if (!err.empty()) return err;
+  // One expert at 1 and `batch` tokens with the forward pass's kernels (gate and up
+  // products, SwiGLU, down product), cycling through the copies so that every expert is
+  // read from device memory, not the L2.
+  if (kcuda::IsSupportedWeightType(t.type)) {
+    Progress(o, absl::StrCat("GPU: one ", t.name, " expert at 1 and ", o.batch, " tokens"));
+    const int64_t n_max = std::max<int64_t>(1, o.batch);
+    err = kcuda::CudaMalloc(&s.experts, w.data.size());
+    if (err.empty()) err = kcuda::CudaMalloc(&s.x, n_max * o.hidden * 4);
+    if (err.empty()) err = kcuda::CudaMalloc(&s.gate, n_max * o.ffn * 4);
+    if (err.empty()) err = kcuda::CudaMalloc(&s.up, n_max * o.ffn * 4);
+    if (err.empty()) err = kcuda::CudaMalloc(&s.out, n_max * o.hidden * 4);
+    if (err.empty()) {
+      err = kcuda::CudaMemcpyH2DAsync(s.experts, w.data.data(), w.data.size(), s.stream);
+    }
+    if (err.empty()) err = kcuda::CudaMemsetAsync(s.x, 0, n_max * o.hidden * 4, s.stream);
+    int64_t next = 0;
+    int64_t n = 1;
+    auto expert = [&]() -> std::string {
+      const auto* e = static_cast<const uint8_t*>(s.experts) + (next++ % w.copies) * w.bytes;
+      auto* x = static_cast<const float*>(s.x);
+      auto* g = static_cast<float*>(s.gate);
+      std::string e1 = kcuda::MatMul(t.type, e, o.ffn, o.hidden, x, n, g, s.stream);
+      if (e1.empty()) {
+        e1 = kcuda::MatMul(t.type, e + o.ffn * w.gate_up_row, o.ffn, o.hidden, x, n,
+                           static_cast<float*>(s.up), s.stream);
+      }
+      if (e1.empty()) e1 = kcuda::SwiGlu(g, static_cast<float*>(s.up), n * o.ffn, s.stream);
+      if (e1.empty()) {
+        e1 = kcuda::MatMul(t.type, e + 2 * o.ffn * w.gate_up_row, o.hidden, o.ffn, g, n,
+                           static_cast<float*>(s.out), s.stream);
+      }
+      return e1;
+    };
+    const int reps = static_cast<int>(std::max<int64_t>(w.copies, 8));
+    double t1 = 0, tn = 0;
+    if (err.empty()) err = timed(reps, expert, &t1);
+    n = n_max;
+    if (err.empty()) err = timed(reps, expert, &tn);
+    if (!err.empty()) return err;
+    c->gpu.expert_us_t1 = t1 * 1e6;
+    c->gpu.expert_us_tn = tn * 1e6;
+  }
   // Two sizes give the line t = latency + bytes / rate.
   const double rate = static_cast<double>(kBig - kSmall) / std::max(t_big - t_small, 1e-9);
   c->gpu.h2d_gbps = rate / 1e9;
@@ -538,7 +591,7 @@ absl::StatusOr<Calibration> RunCalibration(const CalibrationOptions& o) {
 
 #ifdef MOEX_HAVE_CUDA
   if (o.gpu) {
-    c.no_gpu_reason = MeasureGpu(o, &c);
+    c.no_gpu_reason = MeasureGpu(o, *w, *t, &c);
     c.has_gpu = c.no_gpu_reason.empty();
   } else {
     c.no_gpu_reason = "GPU measurement not asked for";

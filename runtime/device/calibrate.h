@@ -54,6 +54,9 @@ struct GpuCalibration {
   double h2d_latency_us = 0;
   double mem_gbps = 0;  // device-to-device copy, read + write bytes
   double launch_us = 0;
+  // One expert of the measured shape and type with the forward pass's kernels, at 1 and
+  // `batch` tokens (0 when kernels_cuda has no kernel for the type).
+  double expert_us_t1 = 0, expert_us_tn = 0;
   GpuProfile profile;  // tflops: estimated from SMs x clock (not measured)
 };
 

@@ -529,5 +529,33 @@ TEST(CalibrateTest, MeasuresAndCaches) {
   EXPECT_EQ(RunCalibration(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// With a GPU (the GPU machine), the expert is timed there too and cached with the rest;
+// without one, the reason is given and nothing GPU-side is filled in.
+TEST(CalibrateTest, TimesTheExpertOnTheGpuWhenThereIsOne) {
+  CalibrationOptions o;
+  o.hidden = 256;
+  o.ffn = 512;
+  o.type = "q4_k";
+  o.buffer_bytes = 64 << 20;
+  o.min_seconds = 0.02;
+  o.cache_dir = ::moex::testing::MakeTempDir() + "/cache";
+  absl::StatusOr<Calibration> c = RunCalibration(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  if (!c->has_gpu) {
+    EXPECT_FALSE(c->no_gpu_reason.empty());
+    EXPECT_EQ(c->gpu.expert_us_t1, 0);
+    return;
+  }
+  EXPECT_GT(c->gpu.expert_us_t1, 0);
+  // 32 tokens cost more than one, and less than 32 single tokens.
+  EXPECT_GT(c->gpu.expert_us_tn, c->gpu.expert_us_t1);
+  EXPECT_LT(c->gpu.expert_us_tn, 32 * c->gpu.expert_us_t1);
+  absl::StatusOr<Calibration> again = RunCalibration(o);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->cached);
+  EXPECT_EQ(again->gpu.expert_us_t1, c->gpu.expert_us_t1);
+  EXPECT_EQ(again->gpu.expert_us_tn, c->gpu.expert_us_tn);
+}
+
 }  // namespace
 }  // namespace moex
