@@ -246,7 +246,7 @@ absl::StatusOr<std::unique_ptr<GpuForward>> GpuForward::Create(const ModelWeight
   g.kv_bytes = hp.n_layer * 2 * kcuda::KvBufferBytes(kv);
   // Attention's split-KV scratch at the longest context, and the grouped expert kernel's.
   int64_t work = 0;
-  for (int64_t n = 1; n <= 4; ++n) {
+  for (int64_t n = 1; n <= std::min<int64_t>(4, o.context); ++n) {
     work = std::max(work, kcuda::AttentionWorkspaceBytes(kv, n, o.context - n, hp.n_head));
   }
   work = std::max<int64_t>(work, B * K * ff * 4);
