@@ -142,13 +142,14 @@ int CmdBench(int argc, char** argv) {
   const double uses = static_cast<double>(dev.hits + dev.misses);
   const double hit_rate = uses > 0 ? dev.hits / uses : 0;
   const double per_tok = dev.tokens > 0 ? 1.0 / dev.tokens : 0;
+  // Expert runs per token and layer on each side.
+  std::string split;
+  for (size_t l = 0; l < dev.layer_gpu_experts.size(); ++l) {
+    absl::StrAppendFormat(&split, "%s{\"gpu_experts\":%.4f,\"cpu_experts\":%.4f}", l ? "," : "",
+                          dev.layer_gpu_experts[l] * per_tok, dev.layer_cpu_experts[l] * per_tok);
+  }
   std::string sim_json;
   if (sim) {
-    std::string split;
-    for (size_t l = 0; l < dev.layer_gpu_experts.size(); ++l) {
-      absl::StrAppendFormat(&split, "%s{\"gpu_experts\":%.4f,\"cpu_experts\":%.4f}", l ? "," : "",
-                            dev.layer_gpu_experts[l] * per_tok, dev.layer_cpu_experts[l] * per_tok);
-    }
     sim_json = absl::StrFormat(
         ",\"device\":%s,\"moe_policy\":%s,\"cache_policy\":%s,\"prefetch\":%s,"
         "\"sim_prefill_tps\":%.3f,\"sim_decode_tps\":%.3f,\"hit_rate\":%.4f,"
@@ -170,11 +171,6 @@ int CmdBench(int argc, char** argv) {
   if (cuda) {
     // A real GPU: the times above are its own; the split is static (whole layers). The
     // limit is the GPU's bandwidth when every expert is there (bw_fraction stays the host's).
-    std::string split;
-    for (size_t l = 0; l < dev.layer_gpu_experts.size(); ++l) {
-      absl::StrAppendFormat(&split, "%s{\"gpu_experts\":%.4f,\"cpu_experts\":%.4f}", l ? "," : "",
-                            dev.layer_gpu_experts[l] * per_tok, dev.layer_cpu_experts[l] * per_tok);
-    }
     sim_json = absl::StrFormat(
         ",\"device\":%s,\"moe_policy\":%s,\"gpu_expert_share\":%.4f,\"slots\":%d,"
         "\"gpu_mem_bw_gbps\":%.1f,\"gpu_bw_fraction\":%.4f,\"layers\":[%s]",

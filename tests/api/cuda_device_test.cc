@@ -11,10 +11,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/moex.h"
+#include "tests/api/api_test_util.h"
 #include "tests/test_util.h"
 
 namespace moex {
 namespace {
+
+using testing::MakeModel;
+using testing::RelError;
 
 using ::testing::HasSubstr;
 
@@ -32,24 +36,6 @@ SyntheticModelSpec Spec(const std::string& arch, const std::string& type) {
   s.vocab_size = 1000;
   s.seed = 7;
   return s;
-}
-
-std::unique_ptr<Model> MakeModel(const SyntheticModelSpec& s, const std::string& dir) {
-  const std::string path = dir + "/" + s.arch + "-" + s.type + ".gguf";
-  absl::Status st = WriteSyntheticModel(s, path);
-  EXPECT_TRUE(st.ok()) << st;
-  auto m = Model::Open(path, {});
-  EXPECT_TRUE(m.ok()) << m.status();
-  return m.ok() ? std::move(*m) : nullptr;
-}
-
-double RelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0, n = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    d += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
-    n += double{b[i]} * b[i];
-  }
-  return std::sqrt(d / n);
 }
 
 // A prompt of n ids spread over the vocabulary.

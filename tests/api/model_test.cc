@@ -9,10 +9,14 @@
 #include "gtest/gtest.h"
 #include "moex/info.h"
 #include "moex/moex.h"
+#include "tests/api/api_test_util.h"
 #include "tests/test_util.h"
 
 namespace moex {
 namespace {
+
+using testing::MakeModel;
+using testing::RelError;
 
 SyntheticModelSpec SmallSpec(const std::string& arch, const std::string& type) {
   SyntheticModelSpec s;
@@ -30,30 +34,12 @@ SyntheticModelSpec SmallSpec(const std::string& arch, const std::string& type) {
   return s;
 }
 
-std::unique_ptr<Model> MakeModel(const SyntheticModelSpec& s, const std::string& dir) {
-  const std::string path = dir + "/" + s.arch + "-" + s.type + ".gguf";
-  absl::Status st = WriteSyntheticModel(s, path);
-  EXPECT_TRUE(st.ok()) << st;
-  auto m = Model::Open(path, {});
-  EXPECT_TRUE(m.ok()) << m.status();
-  return m.ok() ? std::move(*m) : nullptr;
-}
-
 std::vector<float> Logits(Model& m, const std::vector<int32_t>& ids) {
   auto s = m.NewSession({});
   EXPECT_TRUE(s.ok());
   auto l = (*s)->Evaluate(ids);
   EXPECT_TRUE(l.ok()) << l.status();
   return l.ok() ? *l : std::vector<float>{};
-}
-
-double RelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0, n = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    d += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
-    n += double{b[i]} * b[i];
-  }
-  return std::sqrt(d / n);
 }
 
 const std::vector<int32_t> kPrompt = {1, 17, 300, 42, 599, 5, 77};

@@ -482,15 +482,21 @@ TEST(CalibrateTest, FitReproducesTheMeasuredTimes) {
   EXPECT_NEAR(CpuWorkSeconds(p, 3e6, 32e7) * 1e6, 500, 1e-6);
 }
 
-TEST(CalibrateTest, MeasuresAndCaches) {
+// A small, quick calibration into a fresh cache folder.
+CalibrationOptions SmallCalibration() {
   CalibrationOptions o;
   o.hidden = 256;
   o.ffn = 512;
   o.type = "q4_k";
   o.buffer_bytes = 64 << 20;
   o.min_seconds = 0.02;
-  o.gpu = false;
   o.cache_dir = ::moex::testing::MakeTempDir() + "/cache";
+  return o;
+}
+
+TEST(CalibrateTest, MeasuresAndCaches) {
+  CalibrationOptions o = SmallCalibration();
+  o.gpu = false;
   absl::StatusOr<Calibration> c = RunCalibration(o);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_FALSE(c->cached);
@@ -532,13 +538,7 @@ TEST(CalibrateTest, MeasuresAndCaches) {
 // With a GPU (the GPU machine), the expert is timed there too and cached with the rest;
 // without one, the reason is given and nothing GPU-side is filled in.
 TEST(CalibrateTest, TimesTheExpertOnTheGpuWhenThereIsOne) {
-  CalibrationOptions o;
-  o.hidden = 256;
-  o.ffn = 512;
-  o.type = "q4_k";
-  o.buffer_bytes = 64 << 20;
-  o.min_seconds = 0.02;
-  o.cache_dir = ::moex::testing::MakeTempDir() + "/cache";
+  const CalibrationOptions o = SmallCalibration();
   absl::StatusOr<Calibration> c = RunCalibration(o);
   ASSERT_TRUE(c.ok()) << c.status();
   if (!c->has_gpu) {
