@@ -4,10 +4,16 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <string>
+#include <system_error>
+#include <vector>
 
 namespace moex::testing {
 
@@ -18,9 +24,34 @@ std::string TestDataDir() {
   return "";
 }
 
+namespace {
+
+// The directories MakeTempDir made in this process, removed when it exits.
+std::vector<std::string>& MadeDirs() {
+  static auto* dirs = new std::vector<std::string>();
+  return *dirs;
+}
+
+void RemoveMadeDirs() {
+  for (const std::string& d : MadeDirs()) {
+    std::error_code ec;
+    std::filesystem::remove_all(d, ec);  // best effort: a test may have left it read-only
+  }
+}
+
+}  // namespace
+
 std::string MakeTempDir() {
-  std::string tmpl = "/tmp/moex_test_XXXXXX";
-  if (mkdtemp(tmpl.data()) == nullptr) return "/tmp";
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl =
+      std::string(base != nullptr && base[0] == '/' ? base : "/tmp") + "/moex_test_XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) {
+    // Never fall back to a shared directory: callers write into it and delete it whole.
+    std::fprintf(stderr, "MakeTempDir: mkdtemp(%s): %s\n", tmpl.c_str(), std::strerror(errno));
+    std::abort();
+  }
+  if (MadeDirs().empty()) std::atexit(RemoveMadeDirs);
+  MadeDirs().push_back(tmpl);
   return tmpl;
 }
 

@@ -10,7 +10,9 @@ namespace moex::testing {
 
 // ../shared/testdata as seen from the source tree ("" when it does not exist).
 std::string TestDataDir();
-// A fresh, empty directory for this test's files.
+// A fresh, empty directory for this test's files, under $TMPDIR (else /tmp), removed with
+// everything in it when the test process exits. Aborts the process when none can be made
+// (it never hands out a shared directory).
 std::string MakeTempDir();
 // Path of a binary built in this build tree (e.g. "tools/moex").
 std::string BinaryPath(const std::string& relative);
