@@ -31,8 +31,8 @@
 
 #include "absl/status/statusor.h"
 #include "kernels_cpu/quant.h"
-#include "runtime/forward.h"
 #include "runtime/model_weights.h"
+#include "runtime/moe_event.h"
 
 namespace moex {
 
