@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cerrno>
@@ -32,7 +33,10 @@ std::vector<std::string>& MadeDirs() {
   return *dirs;
 }
 
+pid_t g_maker = 0;  // the process that made them (a forked child must not remove them)
+
 void RemoveMadeDirs() {
+  if (getpid() != g_maker) return;
   for (const std::string& d : MadeDirs()) {
     std::error_code ec;
     std::filesystem::remove_all(d, ec);  // best effort: a test may have left it read-only
@@ -50,7 +54,10 @@ std::string MakeTempDir() {
     std::fprintf(stderr, "MakeTempDir: mkdtemp(%s): %s\n", tmpl.c_str(), std::strerror(errno));
     std::abort();
   }
-  if (MadeDirs().empty()) std::atexit(RemoveMadeDirs);
+  if (MadeDirs().empty()) {
+    g_maker = getpid();
+    std::atexit(RemoveMadeDirs);
+  }
   MadeDirs().push_back(tmpl);
   return tmpl;
 }
