@@ -34,9 +34,13 @@ void Forward::Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, f
   q_.resize(n * Q);
   k_.resize(n * KV);
   v_.resize(n * KV);
-  kcpu::MatMul(l.wq.type, l.wq.data, Q, hp.n_embd, cur, n, q_.data());
-  kcpu::MatMul(l.wk.type, l.wk.data, KV, hp.n_embd, cur, n, k_.data());
-  kcpu::MatMul(l.wv.type, l.wv.data, KV, hp.n_embd, cur, n, v_.data());
+  // One parallel region for the three projections: decode's K and V are small (a GQA
+  // model's are an eighth of Q), so three regions would each leave threads idle.
+  const kcpu::MatMulTask qkv[3] = {
+      {l.wq.type, l.wq.data, Q, hp.n_embd, cur, nullptr, n, q_.data()},
+      {l.wk.type, l.wk.data, KV, hp.n_embd, cur, nullptr, n, k_.data()},
+      {l.wv.type, l.wv.data, KV, hp.n_embd, cur, nullptr, n, v_.data()}};
+  kcpu::MatMulMany(qkv);
   AddBias(q_.data(), l.bq, n);
   AddBias(k_.data(), l.bk, n);
   AddBias(v_.data(), l.bv, n);
