@@ -14,6 +14,7 @@
 #include "runtime/arch.h"
 #include "runtime/core/gguf.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/core_pinning.h"
 #include "runtime/device/device.h"
 #include "runtime/forward.h"
 #include "runtime/gpu_forward.h"
@@ -45,6 +46,7 @@ double MeasureReadBandwidth(int threads) {
   constexpr size_t kBytes = size_t{256} << 20;  // far beyond any last-level cache
   std::vector<uint64_t> buf(kBytes / 8, 1);
   tbb::task_arena arena(threads > 0 ? threads : PhysicalCores());
+  CorePinning pinning(arena);  // as the model's workers run
   double best = 0;
   for (int pass = 0; pass < 4; ++pass) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -78,6 +80,7 @@ struct Model::Impl {
   // The model's own worker pool, so two models (or a host application's TBB use) do
   // not fight over one global thread count.
   std::unique_ptr<tbb::task_arena> arena;
+  std::unique_ptr<CorePinning> pinning;  // after arena: it goes first
 };
 
 struct Session::Impl {
@@ -136,6 +139,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Open(const std::string& path,
   impl->info.add_bos = tok != nullptr && tok->add_bos();
   impl->arena =
       std::make_unique<tbb::task_arena>(options.threads > 0 ? options.threads : PhysicalCores());
+  if (options.pin_threads) impl->pinning = std::make_unique<CorePinning>(*impl->arena);
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 

@@ -24,11 +24,12 @@ namespace moex::cli {
 namespace {
 
 constexpr char kHelp[] =
-    "usage: moex bench -m MODEL [-p N] [-n N] [--depth N] [--reps N] [-t N] [--json]\n"
+    "usage: moex bench -m MODEL [-p N] [-n N] [--depth N] [--reps N] [-t N] [--no-pin] [--json]\n"
     "  -p N              prompt tokens to prefill                   (default 128)\n"
     "  -n N              tokens to decode after it                  (default 32)\n"
     "  --depth N         decode after a context of N tokens instead (prefill not timed)\n"
     "  --reps N          repetitions; the median is reported       (default 3)\n"
+    "  --no-pin          leave the worker threads unpinned (default: one per core, hwloc)\n"
     "  --kv-policy SPEC --kv-type T   KV-cache compression, as for run\n"
     "  --json            {\"prefill_tps\",\"decode_tps\",\"bytes_per_token\",\"mem_bw_gbps\",\n"
     "                     \"bw_fraction\",\"kv_bytes\",...} on stdout; with --device sim:P also\n"
@@ -70,7 +71,7 @@ int CmdBench(int argc, char** argv) {
   if (!a.Parse(argc, argv,
                WithDevice({"model", "n-prompt", "prompt", "n-predict", "depth", "reps", "threads",
                            "kv-policy", "kv-type", "ctx-size"}),
-               {"help", "json"}, &err)) {
+               {"help", "json", "no-pin"}, &err)) {
     return Usage("bench", err);
   }
   if (a.Has("help")) {
@@ -86,6 +87,7 @@ int CmdBench(int argc, char** argv) {
   const int64_t reps = a.Int("reps", 3, &err);
   ModelOptions mo;
   mo.threads = static_cast<int>(a.Int("threads", 0, &err));
+  mo.pin_threads = !a.Has("no-pin");
   if (!err.empty()) return Usage("bench", err);
   if (n_prompt < 1 || n_decode < 1 || reps < 1 || depth < 0) {
     return Usage("bench", "-p, -n and --reps must be positive");

@@ -28,6 +28,10 @@ namespace moex {
 struct ModelOptions {
   // Worker threads for the CPU kernels; 0 = the machine's physical cores.
   int threads = 0;
+  // Pin the workers one per physical core (hwloc) while they work for this model; a
+  // thread of the caller gets its own binding back when a call returns. Best effort:
+  // where the system refuses, the threads run unpinned.
+  bool pin_threads = true;
 };
 
 struct SessionOptions {
