@@ -20,8 +20,15 @@ struct CorePinning::Topology {
 
 namespace {
 
-// The binding an application thread had when it entered the arena (restored on exit).
-thread_local hwloc_bitmap_t t_saved = nullptr;
+// The binding an application thread had when it entered the arena (restored on exit),
+// freed with the thread.
+struct SavedBinding {
+  hwloc_bitmap_t set = nullptr;
+  ~SavedBinding() {
+    if (set) hwloc_bitmap_free(set);
+  }
+};
+thread_local SavedBinding t_saved;
 
 }  // namespace
 
@@ -59,9 +66,9 @@ void CorePinning::on_scheduler_entry(bool is_worker) {
   const int slot = tbb::this_task_arena::current_thread_index();
   if (t.cores.empty() || slot < 0) return;
   if (!is_worker) {
-    if (t_saved == nullptr) t_saved = hwloc_bitmap_alloc();
-    if (hwloc_get_cpubind(t.topo, t_saved, HWLOC_CPUBIND_THREAD) != 0) {
-      hwloc_bitmap_copy(t_saved, t.process);
+    if (t_saved.set == nullptr) t_saved.set = hwloc_bitmap_alloc();
+    if (hwloc_get_cpubind(t.topo, t_saved.set, HWLOC_CPUBIND_THREAD) != 0) {
+      hwloc_bitmap_copy(t_saved.set, t.process);
     }
   }
   const hwloc_bitmap_t core = t.cores[static_cast<size_t>(slot) % t.cores.size()];
@@ -71,7 +78,7 @@ void CorePinning::on_scheduler_entry(bool is_worker) {
 void CorePinning::on_scheduler_exit(bool is_worker) {
   const Topology& t = *topo_;
   if (t.cores.empty()) return;
-  const hwloc_bitmap_t back = is_worker || t_saved == nullptr ? t.process : t_saved;
+  const hwloc_bitmap_t back = is_worker || t_saved.set == nullptr ? t.process : t_saved.set;
   hwloc_set_cpubind(t.topo, back, HWLOC_CPUBIND_THREAD);
 }
 
