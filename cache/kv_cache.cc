@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "cache/kv_q2.h"
 #include "kernels_cpu/ops.h"
 #include "tbb/parallel_for.h"
 
@@ -69,13 +70,17 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
       return absl::InvalidArgumentError(absl::StrCat(
           "KV policy ", o.policy.ToString(), " demotes rows to q4, which q4kivi rows already are"));
     }
-    c->low_type_ = o.policy.bits == 8 ? GgmlType::kQ8_0 : GgmlType::kQ4_1;
-    const kcpu::TypeTraits& lt = kcpu::GetTypeTraits(c->low_type_);
-    c->low_row_bytes_ = o.head_dim % lt.block_elems == 0 ? kcpu::RowBytes(lt, o.head_dim) : 0;
+    c->low_bits_ = static_cast<int>(o.policy.bits);
+    if (c->low_bits_ == 2) {
+      c->low_row_bytes_ = o.head_dim % kQ2Group == 0 ? Q2RowBytes(o.head_dim) : 0;
+    } else {
+      const kcpu::TypeTraits& lt = kcpu::GetTypeTraits(c->LowType());
+      c->low_row_bytes_ = o.head_dim % lt.block_elems == 0 ? kcpu::RowBytes(lt, o.head_dim) : 0;
+    }
     if (c->low_row_bytes_ == 0 || c->low_row_bytes_ >= c->row_bytes_) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "KV policy ", o.policy.ToString(), ": its ", KvTypeName(c->low_type_), " rows of ",
-          o.head_dim, " values are no smaller than the cache's ", KvTypeName(o.type),
+          "KV policy ", o.policy.ToString(), ": its q", c->low_bits_, " rows of ", o.head_dim,
+          " values are no smaller than the cache's ", KvTypeName(o.type),
           " rows (or do not fit the head dimension); use f16 rows, or bits=4 with q8 rows"));
     }
     c->high_budget_ = std::clamp<int64_t>(std::llround(c->budget_ * o.policy.hi), 1, c->budget_);
@@ -239,8 +244,12 @@ const float* KvCache::ReadRow(const Head& s, bool key, int64_t i, float* buf) co
   const int64_t hd = o_.head_dim;
   if (key && kivi_) return ReadKiviKey(s, i, buf);
   if (s.low[i]) {
-    kcpu::DequantizeRow(low_type_, (key ? s.lk : s.lv).data() + s.slot[i] * low_row_bytes_, buf,
-                        hd);
+    const uint8_t* r = (key ? s.lk : s.lv).data() + s.slot[i] * low_row_bytes_;
+    if (low_bits_ == 2) {
+      DequantizeRowQ2(r, buf, hd);
+    } else {
+      kcpu::DequantizeRow(LowType(), r, buf, hd);
+    }
     return buf;
   }
   const uint8_t* r = (key ? s.k : s.v).data() + s.slot[i] * row_bytes_;
@@ -410,10 +419,15 @@ void KvCache::Demote(Head& s, int64_t i, float* buf) {
     s.lk.resize(s.lk.size() + low_row_bytes_);
     s.lv.resize(s.lv.size() + low_row_bytes_);
   }
-  const float* k = ReadRow(s, true, i, buf);
-  kcpu::QuantizeRow(low_type_, k, s.lk.data() + slot * low_row_bytes_, hd);
-  const float* v = ReadRow(s, false, i, buf);
-  kcpu::QuantizeRow(low_type_, v, s.lv.data() + slot * low_row_bytes_, hd);
+  for (bool key : {true, false}) {
+    const float* x = ReadRow(s, key, i, buf);
+    uint8_t* dst = (key ? s.lk : s.lv).data() + slot * low_row_bytes_;
+    if (low_bits_ == 2) {
+      QuantizeRowQ2(x, dst, hd);
+    } else {
+      kcpu::QuantizeRow(LowType(), x, dst, hd);
+    }
+  }
   s.free.push_back(s.slot[i]);
   s.slot[i] = slot;
   s.low[i] = 1;

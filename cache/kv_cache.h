@@ -170,7 +170,11 @@ class KvCache {
   std::unique_ptr<KvPolicy> policy_;
   std::vector<Head> heads_;
   int64_t n_past_ = 0;
-  kcpu::GgmlType low_type_ = kcpu::GgmlType::kQ4_1;  // mikv
+  // mikv's demoted rows: q8 (Q8_0), q4 (Q4_1) or q2 (cache/kv_q2.h).
+  int low_bits_ = 4;
+  kcpu::GgmlType LowType() const {
+    return low_bits_ == 8 ? kcpu::GgmlType::kQ8_0 : kcpu::GgmlType::kQ4_1;
+  }
   int64_t low_row_bytes_ = 0;
   int64_t high_budget_ = 0, low_budget_ = 0;
   int64_t bytes_ = 0, peak_bytes_ = 0;

@@ -331,13 +331,13 @@ absl::StatusOr<KvPolicyConfig> ParseKvPolicy(std::string_view spec_sv) {
       (p[0] == "tau1" ? c.tau1 : c.tau2) = value;
     } else if (p[0] == "hi" && value > 0 && value <= 1) {
       c.hi = value;
-    } else if (p[0] == "bits" && (value == 4 || value == 8)) {
+    } else if (p[0] == "bits" && (value == 2 || value == 4 || value == 8)) {
       c.bits = static_cast<int64_t>(value);
     } else if (p[0] == "beta" || p[0] == "tau1" || p[0] == "tau2" || p[0] == "hi" ||
                p[0] == "bits") {
       return absl::InvalidArgumentError(
           absl::StrCat("KV policy '", spec, "': ", p[0],
-                       " out of range (beta >= 1, tau1/tau2 > 0, hi in (0, 1], bits 4 or 8)"));
+                       " out of range (beta >= 1, tau1/tau2 > 0, hi in (0, 1], bits 2, 4 or 8)"));
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("KV policy '", spec, "': unknown key '", p[0],

@@ -27,7 +27,7 @@
 //              outgrows B ("prefill end"), each layer then evicting with `score`
 //   mikv       MiKV (Yang et al. 2024, arXiv 2402.18096): within the bytes of B rows of the
 //              cache's type, the best-scored `hi` share stays at full precision and the
-//              next ones are kept at `bits` (4 or 8) instead of dropped
+//              next ones are kept at `bits` (2, 4 or 8) instead of dropped
 // Budgets are per KV head, in tokens: `budget=N`, or `budget=0.25` for a fraction of the
 // context; for pyramid and cake, B is the mean over layers and the layers' budgets sum to
 // at most n_layer * B. Thread-safety: policies are immutable; calls from several threads
@@ -57,7 +57,7 @@ struct KvPolicyConfig {
   double beta = 20;              // pyramid: the last layer's budget is B / beta
   double tau1 = 1, tau2 = 1;     // cake: exponents 1/tau of entropy and variance
   double hi = 0.5;               // mikv: share of the byte budget kept at full precision
-  int64_t bits = 4;              // mikv: precision of the demoted rows (4 or 8)
+  int64_t bits = 4;              // mikv: precision of the demoted rows (2, 4 or 8)
 
   bool layered() const { return name == "pyramid" || name == "cake"; }
 

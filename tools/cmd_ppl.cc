@@ -30,7 +30,7 @@ constexpr char kHelp[] =
     "                    (default: the whole window with --kv-policy full, else 16)\n"
     "  --kv-policy SPEC  full | streaming|h2o|snapkv[:budget=N|F,window=N,sinks=N,pool=N]\n"
     "                    | pyramid|cake|mikv[:budget=..,score=snapkv|h2o,beta=20 (pyramid),\n"
-    "                    tau1=1,tau2=1 (cake),hi=0.5,bits=4|8 (mikv)]\n"
+    "                    tau1=1,tau2=1 (cake),hi=0.5,bits=2|4|8 (mikv)]\n"
     "  --kv-type T       f32 f16 bf16 q8 q4 q4kivi                  (default f32)\n"
     "  --max-windows N   stop after N windows                       (default: all)\n"
     "  -t N              threads\n"

@@ -1,11 +1,12 @@
 // MiKV: the tiers a policy picks on hand-made statistics, and a cache that keeps demoted
-// positions at q4 within the bytes of its budget, answering closer to the full cache
-// than dropping them does.
+// positions at q4 (or q2) within the bytes of its budget, answering closer to the full
+// cache than dropping them does; the 2-bit row codec.
 #include <cmath>
 #include <random>
 
 #include "cache/kv_cache.h"
 #include "cache/kv_policy.h"
+#include "cache/kv_q2.h"
 #include "gtest/gtest.h"
 #include "kernels_cpu/attention.h"
 
@@ -38,8 +39,15 @@ TEST(KvMikvTest, RejectsLowRowsThatSaveNothing) {
   EXPECT_NE(c.status().message().find("q4"), std::string::npos) << c.status();
   o.type = kcpu::GgmlType::kQ8_0;
   EXPECT_TRUE(KvCache::Create(o).ok());  // q4 rows under q8 ones do save
-  EXPECT_FALSE(ParseKvPolicy("mikv:bits=2").ok());
+  EXPECT_FALSE(ParseKvPolicy("mikv:bits=3").ok());
   EXPECT_FALSE(ParseKvPolicy("mikv:hi=0").ok());
+  // q2 rows save even under q4 ones (12 bytes a group against 20).
+  o.type = kcpu::GgmlType::kQ4_1;
+  o.policy = *ParseKvPolicy("mikv:budget=8,bits=2");
+  EXPECT_TRUE(KvCache::Create(o).ok());
+  o.head_dim = 48;  // not a multiple of the 32-value group
+  o.type = kcpu::GgmlType::kF32;
+  EXPECT_FALSE(KvCache::Create(o).ok());
 }
 
 // Relative RMS error against a plain f32 cache of the attention outputs after a prefill
@@ -108,6 +116,62 @@ TEST(KvMikvTest, KeepsDemotedPositionsWithinTheByteBudget) {
   const double all_high = RunError("mikv:budget=16,hi=1", kcpu::GgmlType::kF16, &c, &holder);
   EXPECT_EQ(all_high, snap);
   EXPECT_EQ(c->low_budget(), 0);
+}
+
+// The 2-bit row codec on random rows of many scales: every value within half a step of
+// its decoded value (plus the f16 rounding of the group's minimum and step), constant
+// groups exact, and each group's extremes decoded to the ends of its range.
+TEST(KvMikvTest, Q2RowsRoundTripWithinHalfAStep) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (float scale : {1e-3f, 1.0f, 300.0f}) {
+    for (int64_t n : {32, 128, 256}) {
+      std::vector<float> x(n), y(n, std::nanf(""));
+      for (float& v : x) v = scale * d(rng);
+      std::vector<uint8_t> q(Q2RowBytes(n), 0xAB);
+      QuantizeRowQ2(x.data(), q.data(), n);
+      DequantizeRowQ2(q.data(), y.data(), n);
+      for (int64_t g = 0; g < n; g += kQ2Group) {
+        float lo = x[g], hi = x[g];
+        for (int64_t j = g; j < g + kQ2Group; ++j) {
+          lo = std::min(lo, x[j]);
+          hi = std::max(hi, x[j]);
+        }
+        const float step = (hi - lo) / 3.0f;
+        const float slack = 2e-3f * (std::fabs(lo) + std::fabs(hi));  // f16 of min and step
+        for (int64_t j = g; j < g + kQ2Group; ++j) {
+          ASSERT_LE(std::fabs(y[j] - x[j]), 0.5f * step + slack)
+              << "scale " << scale << " n " << n << " j " << j;
+        }
+      }
+    }
+  }
+  std::vector<float> c(32, 0.75f), y(32);
+  std::vector<uint8_t> q(Q2RowBytes(32));
+  QuantizeRowQ2(c.data(), q.data(), 32);
+  DequantizeRowQ2(q.data(), y.data(), 32);
+  for (float v : y) EXPECT_EQ(v, 0.75f);
+}
+
+// bits=2: the demoted tier is q2, so the same bytes keep more positions than bits=4.
+TEST(KvMikvTest, TwoBitRowsKeepMorePositionsInTheSameBytes) {
+  KvCache* c = nullptr;
+  std::unique_ptr<KvCache> holder;
+  const double mikv2 = RunError("mikv:budget=16,bits=2", kcpu::GgmlType::kF16, &c, &holder);
+  // f16 rows of 32 values are 64 bytes, q2 ones 12: 8 full-precision rows and the bytes
+  // of the other 8 (512) pay for 42 q2 rows.
+  EXPECT_EQ(c->high_budget(), 8);
+  EXPECT_EQ(c->low_budget(), 42);
+  for (int64_t h = 0; h < 2; ++h) {
+    EXPECT_EQ(c->KeptPositions(0, h).size(), 50u);
+    EXPECT_EQ(c->LowPositions(0, h).size(), 42u);
+  }
+  EXPECT_EQ(c->bytes(), 2 * 2 * (8 * 64 + 42 * 12));
+  EXPECT_LE(c->bytes(), 2 * 2 * 16 * 64);
+  EXPECT_GT(mikv2, 0.0);
+  EXPECT_LT(mikv2, 1.0);
 }
 
 }  // namespace
