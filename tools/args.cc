@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "moex/device.h"
+
 namespace moex::cli {
 namespace {
 
@@ -216,13 +218,19 @@ void ParseKv(const Args& a, SessionOptions* s) {
 
 std::set<std::string> WithDevice(std::set<std::string> flags) {
   for (const char* f :
-       {"device", "cpu-profile", "gpu-mem", "moe-policy", "cache-policy", "prefetch"}) {
+       {"device", "cpu-profile", "gpu-mem", "moe-policy", "cache-policy", "prefetch", "profiles"}) {
     flags.insert(f);
   }
   return flags;
 }
 
-void ParseDevice(const Args& a, SessionOptions* s) {
+std::string LoadProfilesFlag(const Args& a) {
+  if (!a.Has("profiles")) return "";
+  const absl::Status st = LoadProfiles(a.Str("profiles"));
+  return st.ok() ? "" : std::string(st.message());
+}
+
+std::string ParseDevice(const Args& a, SessionOptions* s) {
   // The command line's default is the GPU when there is one (the library's is cpu).
   s->device = a.Str("device", "auto");
   s->cpu_profile = a.Str("cpu-profile", s->cpu_profile);
@@ -230,6 +238,7 @@ void ParseDevice(const Args& a, SessionOptions* s) {
   s->moe_policy = a.Str("moe-policy", s->moe_policy);
   s->cache_policy = a.Str("cache-policy", s->cache_policy);
   s->prefetch = a.Str("prefetch", s->prefetch);
+  return LoadProfilesFlag(a);
 }
 
 const char kDeviceHelp[] =
@@ -245,7 +254,8 @@ const char kDeviceHelp[] =
     "                   places whole layers\n"
     "  --moe-policy P   hybrid (default), static-layers, lru-ondemand, cpu-only, gpu-only\n"
     "  --cache-policy C score, lru, lfu (default: the policy's)\n"
-    "  --prefetch M     impact, score-rank, none (default: the policy's)\n";
+    "  --prefetch M     impact, score-rank, none (default: the policy's)\n"
+    "  --profiles F     extra GPU/CPU profiles (moex calibrate --save-profile) for sim:NAME\n";
 
 void ParseSampling(const Args& a, SamplingOptions* s, std::string* err) {
   s->temperature = static_cast<float>(a.Float("temp", s->temperature, err));

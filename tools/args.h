@@ -64,11 +64,16 @@ std::vector<std::vector<int32_t>> TextWindows(const std::vector<int32_t>& ids, i
 // is made).
 void ParseKv(const Args& a, SessionOptions* s);
 
-// --device cpu|sim:PROFILE, --cpu-profile, --gpu-mem, --moe-policy, --cache-policy and
-// --prefetch: the flags and their parsing into the session options (checked when the
-// session is made). The help text for them, shared by run, chat, bench and logits.
+// --device auto|cpu|cuda[:N]|sim:PROFILE, --cpu-profile, --gpu-mem, --moe-policy,
+// --cache-policy, --prefetch and --profiles FILE (extra profiles, e.g. a `moex calibrate
+// --save-profile` of another machine's GPU to replay as sim:NAME): the flags and their
+// parsing into the session options (checked when the session is made; a profile file
+// that does not load is an error here). The help text for them, shared by run, chat,
+// bench and logits.
 std::set<std::string> WithDevice(std::set<std::string> flags);
-void ParseDevice(const Args& a, SessionOptions* s);
+std::string ParseDevice(const Args& a, SessionOptions* s);
+// --profiles FILE, when given: "" or why the file does not load.
+std::string LoadProfilesFlag(const Args& a);
 extern const char kDeviceHelp[];
 
 }  // namespace moex::cli

@@ -102,7 +102,7 @@ int CmdBench(int argc, char** argv) {
   SessionOptions so;
   so.context = a.Int("ctx-size", (depth > 0 ? depth : n_prompt) + n_decode, &err);
   ParseKv(a, &so);
-  ParseDevice(a, &so);
+  if (std::string e = ParseDevice(a, &so); !e.empty()) return Usage("bench", e);
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(info.n_vocab - 1));
   std::vector<int32_t> prompt(depth > 0 ? depth : n_prompt);

@@ -219,7 +219,7 @@ int CmdChat(int argc, char** argv) {
   SessionOptions so;
   so.context = a.Int("ctx-size", 0, &err);
   ParseKv(a, &so);
-  ParseDevice(a, &so);
+  if (std::string e = ParseDevice(a, &so); !e.empty()) return Usage("chat", e);
   ModelOptions mo;
   mo.threads = static_cast<int>(a.Int("threads", 0, &err));
   if (!err.empty()) return Usage("chat", err);

@@ -80,7 +80,7 @@ int CmdLogits(int argc, char** argv) {
   if (!model) return Fail("logits", err);
   SessionOptions so;
   so.context = std::max<int64_t>(ctx, static_cast<int64_t>(ids.size()));
-  ParseDevice(a, &so);
+  if (std::string e = ParseDevice(a, &so); !e.empty()) return Usage("logits", e);
   absl::StatusOr<std::unique_ptr<Session>> session = model->NewSession(so);
   if (!session.ok()) return Fail("logits", std::string(session.status().message()));
   absl::StatusOr<std::vector<float>> logits = (*session)->Evaluate(ids);
@@ -134,7 +134,7 @@ int CmdRun(int argc, char** argv) {
   SessionOptions so;
   so.context = a.Int("ctx-size", 0, &err);
   ParseKv(a, &so);
-  ParseDevice(a, &so);
+  if (std::string e = ParseDevice(a, &so); !e.empty()) return Usage("run", e);
   const int threads = static_cast<int>(a.Int("threads", 0, &err));
   if (!err.empty()) return Usage("run", err);
   std::unique_ptr<Model> model = OpenModel(a, threads, &err);

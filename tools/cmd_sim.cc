@@ -28,6 +28,7 @@ constexpr char kHelp[] =
     "  --quant Q         q4_k_m (default), q5_k_m, q4_0, q8_0, f16, mxfp4\n"
     "  --profile P       GPU profile (default rtx4060-8g; moex calibrate --list-profiles)\n"
     "  --cpu-profile C   CPU profile (default desktop-ddr5)\n"
+    "  --profiles F      extra profiles (moex calibrate --save-profile of another machine)\n"
     "  --gpu-mem SIZE    GPU memory for expert slots: 6GiB, 512MiB, or 25% of the experts\n"
     "                    (default: what is left after weights, KV and workspace)\n"
     "  --policy P        hybrid (default), static-layers, lru-ondemand, cpu-only, gpu-only;\n"
@@ -76,7 +77,7 @@ int CmdSim(int argc, char** argv) {
   if (!a.Parse(argc, argv,
                {"trace", "format", "experts", "model-shape", "model", "quant", "profile",
                 "cpu-profile", "gpu-mem", "policy", "cache-policy", "prefetch", "prefetch-count",
-                "predictor", "predict-accuracy", "context", "prefill", "seed"},
+                "profiles", "predictor", "predict-accuracy", "context", "prefill", "seed"},
                {"help", "json", "list-shapes"}, &err)) {
     return Usage("sim", err);
   }
@@ -116,6 +117,7 @@ int CmdSim(int argc, char** argv) {
     m.vocab = i.n_vocab;
     o.expert_bytes = static_cast<double>(i.expert_bytes_total) / (i.n_layer * i.n_expert);
   }
+  if (std::string e = LoadProfilesFlag(a); !e.empty()) return Usage("sim", e);
   o.gpu = a.Str("profile", o.gpu);
   o.cpu = a.Str("cpu-profile", o.cpu);
   o.gpu_mem = a.Str("gpu-mem");

@@ -92,5 +92,46 @@ TEST(SimCliTest, BenchOnTheSimulatedDevice) {
   EXPECT_NE(out.find("\"layers\":[{\"gpu_experts\":"), std::string::npos) << out;
 }
 
+// A profile measured elsewhere (`moex calibrate --save-profile` on a GPU machine) replays
+// as sim:NAME with --profiles, in bench and in sim; a file that does not load is an error
+// naming it. The numbers are the H200's calibration (docs/PERFORMANCE.md).
+TEST(SimCliTest, ReplaysASavedProfile) {
+  const std::string dir = ::moex::testing::MakeTempDir();
+  const std::string ini = dir + "/h200.ini";
+  std::ofstream(ini) << "[gpu lab-h200]\nmemory_gib = 139\npcie_gbps = 55.3\n"
+                        "pcie_latency_us = 2.6\nmem_gbps = 4110\ntflops = 1070\n"
+                        "launch_us = 4.4\n";
+  std::string out;
+  const std::string gen =
+      "gen --arch qwen3moe --layers 2 --hidden 256 --experts 8 --top-k 2 "
+      "--ffn 256 --vocab-size 600 --type q8_0 --quiet -o '" +
+      dir + "/m.gguf'";
+  ASSERT_EQ(Moex(gen, &out), 0) << out;
+  ASSERT_EQ(Moex("bench -m '" + dir + "/m.gguf' -p 8 -n 4 --reps 1 --device sim:lab-h200 " +
+                     "--cpu-profile desktop-ddr5 --profiles '" + ini + "' --json",
+                 &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("\"device\":\"sim:lab-h200\""), std::string::npos) << out;
+  EXPECT_GT(JsonNumber(out, "sim_decode_tps"), 0);
+  // Without the file the name is unknown; a file that does not parse names itself.
+  EXPECT_NE(
+      Moex("bench -m '" + dir + "/m.gguf' -p 8 -n 4 --reps 1 --device sim:lab-h200 --json", &out),
+      0);
+  std::ofstream(dir + "/bad.ini") << "[gpu x]\nmem_gbps = fast\n";
+  EXPECT_NE(Moex("bench -m '" + dir + "/m.gguf' --device sim:x --profiles '" + dir + "/bad.ini'",
+                 &out, /*keep_stderr=*/true),
+            0);
+  EXPECT_NE(out.find("bad.ini"), std::string::npos) << out;
+  if (!HaveTestData()) return;
+  ASSERT_EQ(Moex("sim --trace '" + MixtralTrace() +
+                     "' --model-shape mixtral-8x7b --profile lab-h200 --profiles '" + ini +
+                     "' --gpu-mem 25% --json",
+                 &out),
+            0)
+      << out;
+  EXPECT_GT(JsonNumber(out, "decode_tps"), 0);
+}
+
 }  // namespace
 }  // namespace moex
