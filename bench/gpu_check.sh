@@ -82,7 +82,8 @@ echo "--- CPU kernel benchmarks on this host (for comparison) ---"
 "$bin/moex_kernels_bench" --benchmark_min_time=0.2 --benchmark_filter='MemoryRead|MatVec/.*/1/' || true
 
 echo "--- moex calibrate --json ---"
-"$bin/moex" calibrate --json | tee "$out_dir/calibrate.json"
+# The profile file replays this machine elsewhere: --device sim:NAME --profiles FILE.
+"$bin/moex" calibrate --json --save-profile "$out_dir/profile.ini" | tee "$out_dir/calibrate.json"
 
 # ---- the forward pass on the GPU against this host's CPU, on a generated model of
 # Qwen3-30B-A3B's layer shape (8 of its 48 layers, so that generating it takes ~1.5 min
