@@ -354,7 +354,7 @@ DeviceStats Session::device_stats() const {
   if (const GpuForward* g = impl_->gpu.get()) {
     // A static split: whole layers' experts on the GPU, the others on the CPU.
     d.device = g->device_name();
-    d.moe_policy = "static-layers";
+    d.moe_policy = g->moe_policy();
     d.steps = g->steps();
     d.tokens = g->tokens();
     d.layer_gpu_experts = g->layer_gpu_experts();

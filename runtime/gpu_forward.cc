@@ -36,6 +36,7 @@ absl::Status GpuForward::Eval(std::span<const int32_t>, int64_t, bool, std::vect
   return absl::UnavailableError("moex was built without CUDA");
 }
 std::string GpuForward::device_name() const { return ""; }
+std::string GpuForward::moe_policy() const { return ""; }
 const std::vector<bool>& GpuForward::expert_layers_on_gpu() const { return impl_->on_gpu; }
 int64_t GpuForward::kv_bytes() const { return 0; }
 int64_t GpuForward::device_bytes() const { return 0; }
@@ -111,6 +112,7 @@ struct GpuForward::Impl {
   std::vector<int64_t> gpu_runs, cpu_runs;
   int64_t kv_bytes = 0;
   int64_t steps = 0, tokens = 0;
+  std::string policy;  // the placement's name
 
   // Device scratch, for kMaxBatch tokens.
   float *x = nullptr, *cur = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr;
@@ -214,6 +216,8 @@ absl::StatusOr<std::unique_ptr<GpuForward>> GpuForward::Create(const ModelWeight
   Impl& g = *impl;
   g.w = &w;
   g.kv = kv;
+  if (policy == MoePolicy::kHybrid) policy = MoePolicy::kStaticLayers;  // not dynamic yet
+  g.policy = MoePolicyName(policy);
   MOEX_ASSIGN_OR_RETURN(g.dev, CreateCudaDevice(o.device_index, 0));
   MOEX_ASSIGN_OR_RETURN(g.sid, g.dev->CreateStream());
   MOEX_RETURN_IF_ERROR(g.dev->Launch(g.sid, WorkCost{}, [&](void* ns) {
@@ -272,8 +276,7 @@ absl::StatusOr<std::unique_ptr<GpuForward>> GpuForward::Create(const ModelWeight
     const double slot_bytes = expert_layer_bytes / static_cast<double>(n_exp);
     MOEX_ASSIGN_OR_RETURN(
         const int64_t slots,
-        ResolveSlotBudget(policy == MoePolicy::kHybrid ? MoePolicy::kStaticLayers : policy,
-                          o.gpu_mem, moe_layers * n_exp, slot_bytes, std::max(0.0, left)));
+        ResolveSlotBudget(policy, o.gpu_mem, moe_layers * n_exp, slot_bytes, std::max(0.0, left)));
     gpu_layers = std::min<int64_t>(slots / n_exp, moe_layers);
     if (static_cast<double>(gpu_layers) * expert_layer_bytes > std::max(0.0, left)) {
       return absl::ResourceExhaustedError(absl::StrFormat(
@@ -580,6 +583,7 @@ absl::Status GpuForward::Eval(std::span<const int32_t> tokens, int64_t pos0, boo
 }
 
 std::string GpuForward::device_name() const { return impl_->dev->name(); }
+std::string GpuForward::moe_policy() const { return impl_->policy; }
 const std::vector<bool>& GpuForward::expert_layers_on_gpu() const { return impl_->on_gpu; }
 int64_t GpuForward::kv_bytes() const { return impl_->kv_bytes; }
 int64_t GpuForward::device_bytes() const { return impl_->dev->memory().used_bytes; }

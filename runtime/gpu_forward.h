@@ -64,6 +64,7 @@ class GpuForward {
                     std::vector<float>* logits, const RoutingObserver& observer);
 
   std::string device_name() const;
+  std::string moe_policy() const;  // static-layers (also for hybrid), gpu-only, cpu-only
   // Layers whose routed experts are on the GPU (true) or the CPU.
   const std::vector<bool>& expert_layers_on_gpu() const;
   int64_t kv_bytes() const;      // device KV buffers, all layers
