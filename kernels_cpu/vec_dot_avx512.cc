@@ -97,6 +97,44 @@ __m256i Splat16(int s) {
   return _mm256_set1_epi16(static_cast<int16_t>((2 * s) | ((2 * s + 1) << 8)));
 }
 
+// One Q4_K/Q5_K super-block as both the one-token and the batched kernel read it: its two
+// f16 factors, its eight 6-bit scales as int16 in both 128-bit lanes (scb), its eight mins
+// in both int16 halves of every int32 lane (mv, against the activation's bsums), and its
+// codes a quarter at a time.
+template <bool kFive>
+struct Q45Block {
+  uint16_t d16, dmin16;
+  __m256i scb, mv;
+  __m256i hb;  // Q5_K: the fifth bits still to hand out (two per quarter)
+  const uint8_t* qs;
+
+  explicit Q45Block(const uint8_t* blk) : qs(blk + (kFive ? 48 : 16)) {
+    std::memcpy(&d16, blk, 2);
+    std::memcpy(&dmin16, blk + 2, 2);
+    uint64_t sc8, m8;
+    UnpackScalesK4(blk + 4, &sc8, &m8);
+    mv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
+    mv = _mm256_or_si256(mv, _mm256_slli_epi32(mv, 16));
+    scb = _mm256_broadcastsi128_si256(
+        _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
+    hb = kFive ? Load256(blk + 16) : _mm256_setzero_si256();
+  }
+  // Quarter p (called for p = 0, 1, 2, 3 in order): the 32 codes of sub-block 2p (lo) and
+  // of 2p+1 (hi), as bytes.
+  void Codes(int p, __m256i* lo, __m256i* hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i q = Load256(qs + 32 * p);
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    if constexpr (kFive) {
+      const __m256i b16 = _mm256_set1_epi8(0x10);
+      *lo = _mm256_or_si256(*lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
+      *hi = _mm256_or_si256(*hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
+      hb = _mm256_srli_epi16(hb, 2);
+    }
+  }
+};
+
 // Q4_K/Q5_K: qs byte 32p + l holds sub-blocks 2p (low nibble) and 2p+1 (high nibble) at
 // value l; Q5_K's fifth bit of sub-block s is bit s of qh[l]. 32 codes per ymm (the AVX2
 // kernel's data flow, with vpdpwssd fusing the scale multiply and the accumulation, in
@@ -108,41 +146,22 @@ float DotQ45_K(const void* w, const void* x, int64_t n) {
   const auto* w8 = static_cast<const uint8_t*>(w);
   const auto* bx = static_cast<const BlockQ8_K*>(x);
   const int64_t bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  const __m256i b16 = _mm256_set1_epi8(0x10);
   __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
-    const uint8_t* blk = w8 + i * bytes;
-    uint16_t d16, dmin16;
-    std::memcpy(&d16, blk, 2);
-    std::memcpy(&dmin16, blk + 2, 2);
-    const uint8_t* qs = blk + (kFive ? 48 : 16);
-    uint64_t sc8, m8;
-    UnpackScalesK4(blk + 4, &sc8, &m8);
-    __m256i mv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
-    mv = _mm256_or_si256(mv, _mm256_slli_epi32(mv, 16));
-    const __m256i msum = _mm256_madd_epi16(Load256(bx[i].bsums), mv);
-    const __m256i scb = _mm256_broadcastsi128_si256(
-        _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
-    __m256i hb = kFive ? Load256(blk + 16) : _mm256_setzero_si256();
+    Q45Block<kFive> b(w8 + i * bytes);
+    const __m256i msum = _mm256_madd_epi16(Load256(bx[i].bsums), b.mv);
     __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int p = 0; p < 4; ++p) {
-      const __m256i q = Load256(qs + 32 * p);
-      __m256i lo = _mm256_and_si256(q, m4);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-      if constexpr (kFive) {
-        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
-        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
-        hb = _mm256_srli_epi16(hb, 2);
-      }
+      __m256i lo, hi;
+      b.Codes(p, &lo, &hi);
       const __m256i p0 = _mm256_maddubs_epi16(lo, Load256(bx[i].qs + 64 * p));
       const __m256i p1 = _mm256_maddubs_epi16(hi, Load256(bx[i].qs + 64 * p + 32));
-      isum[0] = _mm256_dpwssd_epi32(isum[0], p0, _mm256_shuffle_epi8(scb, Splat16(2 * p)));
-      isum[1] = _mm256_dpwssd_epi32(isum[1], p1, _mm256_shuffle_epi8(scb, Splat16(2 * p + 1)));
+      isum[0] = _mm256_dpwssd_epi32(isum[0], p0, _mm256_shuffle_epi8(b.scb, Splat16(2 * p)));
+      isum[1] = _mm256_dpwssd_epi32(isum[1], p1, _mm256_shuffle_epi8(b.scb, Splat16(2 * p + 1)));
     }
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])),
-                          _mm256_set1_ps(bx[i].d * H(d16)), acc);
-    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(bx[i].d * H(dmin16)), accm);
+                          _mm256_set1_ps(bx[i].d * H(b.d16)), acc);
+    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(bx[i].d * H(b.dmin16)), accm);
   }
   return Hsum256(_mm256_sub_ps(acc, accm));
 }
@@ -224,38 +243,19 @@ void DotQ45_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
   const int64_t bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
   const BlockQ8_K* bx[NT];
   for (int j = 0; j < NT; ++j) bx[j] = static_cast<const BlockQ8_K*>(x[j]);
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  const __m256i b16 = _mm256_set1_epi8(0x10);
   __m256 acc[NT], accm[NT];
   for (int j = 0; j < NT; ++j) acc[j] = accm[j] = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
-    const uint8_t* blk = w8 + i * bytes;
-    uint16_t d16, dmin16;
-    std::memcpy(&d16, blk, 2);
-    std::memcpy(&dmin16, blk + 2, 2);
-    const float dw = H(d16), dmw = H(dmin16);
-    const uint8_t* qs = blk + (kFive ? 48 : 16);
-    uint64_t sc8, m8;
-    UnpackScalesK4(blk + 4, &sc8, &m8);
-    __m256i mv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
-    mv = _mm256_or_si256(mv, _mm256_slli_epi32(mv, 16));
-    const __m256i scb = _mm256_broadcastsi128_si256(
-        _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
-    __m256i hb = kFive ? Load256(blk + 16) : _mm256_setzero_si256();
+    Q45Block<kFive> b(w8 + i * bytes);
+    const float dw = H(b.d16), dmw = H(b.dmin16);
     __m256i isum[NT];
     for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
     for (int p = 0; p < 4; ++p) {
-      const __m256i q = Load256(qs + 32 * p);
-      __m256i lo = _mm256_and_si256(q, m4);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-      if constexpr (kFive) {
-        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
-        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
-        hb = _mm256_srli_epi16(hb, 2);
-      }
+      __m256i lo, hi;
+      b.Codes(p, &lo, &hi);
       // The scale pair (s[2p], s[2p+1]) as the two int16 halves of every int32 lane.
-      const __m256i s01 = _mm256_blend_epi16(_mm256_shuffle_epi8(scb, Splat16(2 * p)),
-                                             _mm256_shuffle_epi8(scb, Splat16(2 * p + 1)), 0xAA);
+      const __m256i s01 = _mm256_blend_epi16(_mm256_shuffle_epi8(b.scb, Splat16(2 * p)),
+                                             _mm256_shuffle_epi8(b.scb, Splat16(2 * p + 1)), 0xAA);
       const __m256i zero = _mm256_setzero_si256();
       for (int j = 0; j < NT; ++j) {
         const int8_t* xq = bx[j][i].qs + 64 * p;
@@ -266,7 +266,7 @@ void DotQ45_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
       }
     }
     for (int j = 0; j < NT; ++j) {
-      const __m256i msum = _mm256_madd_epi16(Load256(bx[j][i].bsums), mv);
+      const __m256i msum = _mm256_madd_epi16(Load256(bx[j][i].bsums), b.mv);
       acc[j] =
           _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(bx[j][i].d * dw), acc[j]);
       accm[j] =
