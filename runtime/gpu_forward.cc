@@ -138,10 +138,10 @@ struct GpuForward::Impl {
     MOEX_ASSIGN_OR_RETURN(void* p, Alloc(n * 4, what));
     return static_cast<float*>(p);
   }
+  // The sources (the mapped file, the model's norm and bias vectors) outlive the copies:
+  // Create synchronises once, after the last.
   absl::Status Upload(void* dst, const void* src, int64_t bytes) {
-    MOEX_RETURN_IF_ERROR(dev->CopyToDevice(sid, dst, src, bytes));
-    // The source may be a temporary: wait for the copy (uploads happen once, at load).
-    return dev->Synchronize().status();
+    return dev->CopyToDevice(sid, dst, src, bytes);
   }
   absl::StatusOr<DMat> UploadMat(const WeightMatrix& m, const std::string& what) {
     DMat d;
@@ -236,10 +236,7 @@ absl::StatusOr<std::unique_ptr<GpuForward>> GpuForward::Create(const ModelWeight
   for (const LayerWeights& l : w.layers) {
     dense += VecBytes(l.attn_norm) + VecBytes(l.ffn_norm) + VecBytes(l.q_norm) +
              VecBytes(l.k_norm) + VecBytes(l.bq) + VecBytes(l.bk) + VecBytes(l.bv) +
-             MatBytes(l.wq) + MatBytes(l.wk) + MatBytes(l.wv) + MatBytes(l.wo) +
-             MatBytes(l.ffn_gate) + MatBytes(l.ffn_up) + MatBytes(l.ffn_down) +
-             MatBytes(l.moe.router) + MatBytes(l.moe.shared_gate) + MatBytes(l.moe.shared_up) +
-             MatBytes(l.moe.shared_down) + MatBytes(l.moe.shared_gate_inp);
+             static_cast<double>(DenseMatrixBytes(l));
     if (l.moe.gate.valid()) {
       expert_layer_bytes = std::max<double>(
           expert_layer_bytes,
@@ -370,6 +367,7 @@ absl::StatusOr<std::unique_ptr<GpuForward>> GpuForward::Create(const ModelWeight
   g.entry_tok = static_cast<int32_t*>(p);
   g.work_bytes = work;
   MOEX_ASSIGN_OR_RETURN(g.work, g.Alloc(work, "attention/expert scratch"));
+  MOEX_RETURN_IF_ERROR(g.Sync());  // every upload has landed
   return std::unique_ptr<GpuForward>(new GpuForward(std::move(impl)));
 }
 

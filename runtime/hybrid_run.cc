@@ -57,9 +57,7 @@ absl::StatusOr<std::unique_ptr<HybridRun>> HybridRun::Create(const ModelWeights&
   // (the same tensor when tied) is on the GPU.
   double dense_total = Bytes(w.output);
   for (const LayerWeights& l : w.layers) {
-    const double b = Bytes(l.wq) + Bytes(l.wk) + Bytes(l.wv) + Bytes(l.wo) + Bytes(l.moe.router) +
-                     Bytes(l.moe.shared_gate) + Bytes(l.moe.shared_up) + Bytes(l.moe.shared_down) +
-                     Bytes(l.moe.shared_gate_inp);
+    const double b = static_cast<double>(DenseMatrixBytes(l));
     run->dense_bytes_.push_back(b);
     dense_total += b;
   }

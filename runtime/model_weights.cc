@@ -145,4 +145,14 @@ absl::StatusOr<ModelWeights> BindWeights(const GgufFile& f, const HParams& hp_in
   return m;
 }
 
+int64_t DenseMatrixBytes(const LayerWeights& l) {
+  int64_t bytes = 0;
+  for (const WeightMatrix* m :
+       {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down, &l.moe.router,
+        &l.moe.shared_gate, &l.moe.shared_up, &l.moe.shared_down, &l.moe.shared_gate_inp}) {
+    if (m->valid()) bytes += m->bytes();
+  }
+  return bytes;
+}
+
 }  // namespace moex

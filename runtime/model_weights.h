@@ -43,6 +43,10 @@ struct ModelWeights {
 // dims), or a type moex cannot compute with (kUnimplemented).
 absl::StatusOr<ModelWeights> BindWeights(const GgufFile& file, const HParams& hp);
 
+// Bytes of a layer's weight matrices other than its routed experts (attention, dense FFN,
+// router, shared expert): what a GPU holds of the layer beside its expert slots.
+int64_t DenseMatrixBytes(const LayerWeights& l);
+
 }  // namespace moex
 
 #endif  // MOEX_RUNTIME_MODEL_WEIGHTS_H_
