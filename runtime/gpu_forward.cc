@@ -94,7 +94,6 @@ struct GLayer {
   void *k_cache = nullptr, *v_cache = nullptr;
 };
 
-double MatBytes(const WeightMatrix& m) { return m.valid() ? static_cast<double>(m.bytes()) : 0; }
 double VecBytes(const std::vector<float>& v) { return static_cast<double>(v.size() * 4); }
 
 }  // namespace
@@ -230,8 +229,8 @@ absl::StatusOr<std::unique_ptr<GpuForward>> GpuForward::Create(const ModelWeight
   const int64_t n_exp = std::max<int64_t>(hp.n_expert, 1),
                 K = std::max<int64_t>(hp.n_expert_used, 1);
   const int64_t ff = std::max({hp.n_ff, hp.n_ff_exp, hp.n_ff_shexp, int64_t{1}});
-  double dense = MatBytes(w.tok_embd) + VecBytes(w.output_norm) +
-                 (w.output.data == w.tok_embd.data ? 0 : MatBytes(w.output));
+  double dense = static_cast<double>(w.tok_embd.bytes()) + VecBytes(w.output_norm) +
+                 (w.output.data == w.tok_embd.data ? 0 : static_cast<double>(w.output.bytes()));
   double expert_layer_bytes = 0;
   for (const LayerWeights& l : w.layers) {
     dense += VecBytes(l.attn_norm) + VecBytes(l.ffn_norm) + VecBytes(l.q_norm) +

@@ -12,12 +12,6 @@
 
 namespace moex {
 
-namespace {
-
-double Bytes(const WeightMatrix& m) { return m.valid() ? static_cast<double>(m.bytes()) : 0.0; }
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<HybridRun>> HybridRun::Create(const ModelWeights& w,
                                                              const HybridRunOptions& o) {
   const HParams& hp = w.hp;
@@ -55,13 +49,13 @@ absl::StatusOr<std::unique_ptr<HybridRun>> HybridRun::Create(const ModelWeights&
   // and shared expert, the output head, and the KV cache (f16) of the context.
   // The token embedding stays in host memory (a row gathered per token); the output head
   // (the same tensor when tied) is on the GPU.
-  double dense_total = Bytes(w.output);
+  double dense_total = static_cast<double>(w.output.bytes());
   for (const LayerWeights& l : w.layers) {
     const double b = static_cast<double>(DenseMatrixBytes(l));
     run->dense_bytes_.push_back(b);
     dense_total += b;
   }
-  run->head_bytes_ = Bytes(w.output);
+  run->head_bytes_ = static_cast<double>(w.output.bytes());
   const double kv_total = 2.0 * 2.0 * hp.kv_dim() * hp.n_layer * std::max<int64_t>(o.context, 1);
   const int64_t all = hp.n_layer * hp.n_expert;
 

@@ -150,7 +150,7 @@ int64_t DenseMatrixBytes(const LayerWeights& l) {
   for (const WeightMatrix* m :
        {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down, &l.moe.router,
         &l.moe.shared_gate, &l.moe.shared_up, &l.moe.shared_down, &l.moe.shared_gate_inp}) {
-    if (m->valid()) bytes += m->bytes();
+    bytes += m->bytes();  // 0 for an absent matrix
   }
   return bytes;
 }
