@@ -178,17 +178,32 @@ __m512i SplatLanes(int base) {
       1);
 }
 
+// Half h of a Q6_K block as both Q6_K kernels read it: the 6-bit codes of values
+// 0..63 (q0) and 64..127 (q1) of the half, and its eight scales as int16 in every
+// 128-bit lane (scb), from the block's scales widened to int16 (sc16).
+inline void Q6Half(const BlockQ6_K& b, int h, __m256i sc16, __m512i* q0, __m512i* q1,
+                   __m512i* scb) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  // Left shifts that bring bit pair 0 (low half) / 1 (high half) to bits 4..5, and right
+  // shifts for pairs 2 / 3.
+  const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+  const __m512i shr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+  const __m512i ql = Load512(b.ql + 64 * h);
+  const __m512i qh = _mm512_broadcast_i64x4(Load256(b.qh + 32 * h));
+  *q0 =
+      _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
+  *q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                        _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
+  *scb = _mm512_broadcast_i32x4(h == 0 ? _mm256_castsi256_si128(sc16)
+                                       : _mm256_extracti128_si256(sc16, 1));
+}
+
 // Q6_K, per half of 128 values: the low nibbles of ql[64h..64h+63] are values 0..63 and
 // the high nibbles 64..127 (in order), with qh[32h + l]'s bit pairs 0/1 (values 0..63,
 // low/high 256 bits) and 2/3 (values 64..127) on top.
 float DotQ6_K(const void* w, const void* x, int64_t n) {
   const auto* bw = static_cast<const BlockQ6_K*>(w);
   const auto* bx = static_cast<const BlockQ8_K*>(x);
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-  // Left shifts that bring bit pair 0 (low half) / 1 (high half) to bits 4..5, and right
-  // shifts for pairs 2 / 3.
-  const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
-  const __m512i shr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
   const __m512i sel_lo = SplatLanes(0), sel_hi = SplatLanes(4);
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
@@ -198,14 +213,8 @@ float DotQ6_K(const void* w, const void* x, int64_t n) {
     __m512i isum = _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5));
     isum = _mm512_sub_epi32(_mm512_setzero_si512(), isum);
     for (int h = 0; h < 2; ++h) {
-      const __m512i ql = Load512(bw[i].ql + 64 * h);
-      const __m512i qh = _mm512_broadcast_i64x4(Load256(bw[i].qh + 32 * h));
-      const __m512i q0 = _mm512_or_si512(_mm512_and_si512(ql, m4),
-                                         _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
-      const __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                         _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
-      const __m512i scb = _mm512_broadcast_i32x4(h == 0 ? _mm256_castsi256_si128(sc16)
-                                                        : _mm256_extracti128_si256(sc16, 1));
+      __m512i q0, q1, scb;
+      Q6Half(bw[i], h, sc16, &q0, &q1, &scb);
       const __m512i p0 = _mm512_maddubs_epi16(q0, Load512(bx[i].qs + 128 * h));
       const __m512i p1 = _mm512_maddubs_epi16(q1, Load512(bx[i].qs + 128 * h + 64));
       isum = _mm512_dpwssd_epi32(isum, p0, _mm512_shuffle_epi8(scb, sel_lo));
@@ -282,9 +291,6 @@ void DotQ6_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
   const auto* bw = static_cast<const BlockQ6_K*>(w);
   const BlockQ8_K* bx[NT];
   for (int j = 0; j < NT; ++j) bx[j] = static_cast<const BlockQ8_K*>(x[j]);
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-  const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
-  const __m512i shr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
   const __m512i sel_lo = SplatLanes(0), sel_hi = SplatLanes(4);
   __m512 acc[NT];
   for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
@@ -300,14 +306,8 @@ void DotQ6_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
                                  _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
     }
     for (int h = 0; h < 2; ++h) {
-      const __m512i ql = Load512(b.ql + 64 * h);
-      const __m512i qh = _mm512_broadcast_i64x4(Load256(b.qh + 32 * h));
-      const __m512i q0 = _mm512_or_si512(_mm512_and_si512(ql, m4),
-                                         _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
-      const __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                         _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
-      const __m512i scb = _mm512_broadcast_i32x4(h == 0 ? _mm256_castsi256_si128(sc16)
-                                                        : _mm256_extracti128_si256(sc16, 1));
+      __m512i q0, q1, scb;
+      Q6Half(b, h, sc16, &q0, &q1, &scb);
       const __m512i s_lo = _mm512_shuffle_epi8(scb, sel_lo);
       const __m512i s_hi = _mm512_shuffle_epi8(scb, sel_hi);
       for (int j = 0; j < NT; ++j) {
