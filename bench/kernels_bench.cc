@@ -24,12 +24,11 @@
 
 #include "kernels_cpu/cpu_features.h"
 #include "kernels_cpu/ops.h"
+#include "kernels_cpu/parallel.h"
 #include "kernels_cpu/quant.h"
 #include "kernels_cpu/vec_dot.h"
 #include "tbb/blocked_range.h"
 #include "tbb/global_control.h"
-#include "tbb/parallel_for.h"
-#include "tbb/parallel_reduce.h"
 
 namespace moex::kcpu {
 namespace {
@@ -41,7 +40,7 @@ void BM_MemoryRead(benchmark::State& state) {
   tbb::global_control gc(tbb::global_control::max_allowed_parallelism, threads);
   std::vector<uint64_t> buf(kBigBytes / 8, 1);
   for (auto _ : state) {
-    const uint64_t sum = tbb::parallel_reduce(
+    const uint64_t sum = ParallelReduce(
         tbb::blocked_range<size_t>(0, buf.size(), 1 << 16), uint64_t{0},
         [&](const tbb::blocked_range<size_t>& r, uint64_t acc) {
           uint64_t a[8] = {};
@@ -274,20 +273,20 @@ void BM_PrefillGemm(benchmark::State& state) {
     if (batched) {
       MatMul(type, w.data(), rows, cols, x.data(), n_tok, y.data());
     } else {
-      tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_tok, 4),
-                        [&](const tbb::blocked_range<int64_t>& r) {
-                          for (int64_t t = r.begin(); t < r.end(); ++t) {
-                            QuantizeActivation(act, x.data() + t * cols, xq.data() + t * xb, cols);
-                          }
-                        });
-      tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows, grain),
-                        [&](const tbb::blocked_range<int64_t>& r) {
-                          for (int64_t n = r.begin(); n < r.end(); ++n) {
-                            for (int64_t t = 0; t < n_tok; ++t) {
-                              y[t * rows + n] = dot(w.data() + n * rb, xq.data() + t * xb, cols);
-                            }
-                          }
-                        });
+      ParallelFor(tbb::blocked_range<int64_t>(0, n_tok, 4),
+                  [&](const tbb::blocked_range<int64_t>& r) {
+                    for (int64_t t = r.begin(); t < r.end(); ++t) {
+                      QuantizeActivation(act, x.data() + t * cols, xq.data() + t * xb, cols);
+                    }
+                  });
+      ParallelFor(tbb::blocked_range<int64_t>(0, rows, grain),
+                  [&](const tbb::blocked_range<int64_t>& r) {
+                    for (int64_t n = r.begin(); n < r.end(); ++n) {
+                      for (int64_t t = 0; t < n_tok; ++t) {
+                        y[t * rows + n] = dot(w.data() + n * rb, xq.data() + t * xb, cols);
+                      }
+                    }
+                  });
     }
     benchmark::DoNotOptimize(y.data());
   }

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "cache/kv_q2.h"
 #include "kernels_cpu/ops.h"
-#include "tbb/parallel_for.h"
+#include "kernels_cpu/parallel.h"
 
 namespace moex {
 
@@ -25,6 +25,7 @@ absl::StatusOr<GgmlType> ParseKvType(std::string_view name) {
 }
 
 const char* KvTypeName(GgmlType type) {
+  if (type == kKvQ4Kivi) return "q4kivi";  // our own tag, outside the GGML enumeration
   switch (type) {
     case GgmlType::kF16:
       return "f16";
@@ -34,8 +35,6 @@ const char* KvTypeName(GgmlType type) {
       return "q8";
     case GgmlType::kQ4_1:
       return "q4";
-    case kKvQ4Kivi:
-      return "q4kivi";
     default:
       return "f32";
   }
@@ -330,7 +329,7 @@ void KvCache::Attend(int64_t layer, const float* q, int64_t n, int64_t pos0, int
   const bool measuring = !measured_ && static_cast<int64_t>(head(layer, 0).slot.size()) > budget_;
   const bool compress = policy_->evicts() && measured_;
   std::atomic<int64_t> delta{0};
-  tbb::parallel_for(int64_t{0}, o_.n_head_kv, [&](int64_t h) {
+  ParallelFor(int64_t{0}, o_.n_head_kv, [&](int64_t h) {
     Head& s = head(layer, h);
     AttendHead(s, h, q, n, pos0, n_head, scale, measuring, out);
     if (compress) delta += Compress(s, layer_budget_[layer]);
@@ -351,7 +350,7 @@ void KvCache::SplitBudgets() {
   layer_budget_ = LayerBudgets(o_.policy, o_.n_layer, o_.n_ctx, preference_);
   measured_ = true;
   std::atomic<int64_t> delta{0};
-  tbb::parallel_for(int64_t{0}, o_.n_layer * o_.n_head_kv, [&](int64_t i) {
+  ParallelFor(int64_t{0}, o_.n_layer * o_.n_head_kv, [&](int64_t i) {
     Head& s = heads_[i];
     s.last_sq = {};
     delta += Compress(s, layer_budget_[i / o_.n_head_kv]);

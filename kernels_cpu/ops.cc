@@ -6,9 +6,9 @@
 #include <span>
 #include <vector>
 
+#include "kernels_cpu/parallel.h"
 #include "kernels_cpu/vec_dot.h"
 #include "tbb/blocked_range.h"
-#include "tbb/parallel_for.h"
 
 namespace moex::kcpu {
 
@@ -259,10 +259,10 @@ void MatMulManyImpl(std::span<const MatMulTask> tasks, const IsaLevel* level) {
   if (total_values < (int64_t{1} << 16)) {
     for (int64_t r = 0; r < total_rows; ++r) quantize(r);
   } else {
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, total_rows, 4),
-                      [&](const tbb::blocked_range<int64_t>& r) {
-                        for (int64_t i = r.begin(); i < r.end(); ++i) quantize(i);
-                      });
+    ParallelFor(tbb::blocked_range<int64_t>(0, total_rows, 4),
+                [&](const tbb::blocked_range<int64_t>& r) {
+                  for (int64_t i = r.begin(); i < r.end(); ++i) quantize(i);
+                });
   }
   // One parallel region over every (task, row block): with a layer's experts in one call,
   // each core streams weights from the start to the end of the layer instead of meeting
@@ -275,7 +275,7 @@ void MatMulManyImpl(std::span<const MatMulTask> tasks, const IsaLevel* level) {
       RunChunk(tasks[ch.task], p, txq, ch.begin, ch.end);
     }
   };
-  tbb::parallel_for(tbb::blocked_range<size_t>(0, ws.chunks.size(), 1), run);
+  ParallelFor(tbb::blocked_range<size_t>(0, ws.chunks.size(), 1), run);
 }
 
 }  // namespace

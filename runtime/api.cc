@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cache/kv_cache.h"
+#include "kernels_cpu/parallel.h"
 #include "moex/moex.h"
 #include "predictor/expert_predictor.h"
 #include "runtime/arch.h"
@@ -24,7 +25,6 @@
 #include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
 #include "tbb/blocked_range.h"
-#include "tbb/parallel_reduce.h"
 #include "tbb/task_arena.h"
 
 namespace moex {
@@ -51,8 +51,8 @@ double MeasureReadBandwidth(int threads) {
   for (int pass = 0; pass < 4; ++pass) {
     const auto t0 = std::chrono::steady_clock::now();
     uint64_t sum = 0;
-    arena.execute([&] {
-      sum = tbb::parallel_reduce(
+    ArenaExecute(arena, [&] {
+      sum = ParallelReduce(
           tbb::blocked_range<size_t>(0, buf.size(), 1 << 16), uint64_t{0},
           [&](const tbb::blocked_range<size_t>& r, uint64_t acc) {
             uint64_t a[8] = {};
@@ -407,7 +407,7 @@ absl::Status Session::Impl::Feed(std::span<const int32_t> tokens, bool all_logit
   if (pending >= 0) batch.push_back(pending);
   batch.insert(batch.end(), tokens.begin(), tokens.end());
   absl::Status st;
-  model->arena->execute([&] { st = forward->Eval(batch, all_logits, logits); });
+  ArenaExecute(*model->arena, [&] { st = forward->Eval(batch, all_logits, logits); });
   MOEX_RETURN_IF_ERROR(st);
   if (all_logits && pending >= 0) {
     logits->erase(logits->begin(), logits->begin() + model->weights.hp.n_vocab);

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "kernels_cpu/parallel.h"
+
 namespace moex {
 
 struct CorePinning::Topology {
@@ -52,16 +54,34 @@ CorePinning::CorePinning(tbb::task_arena& arena)
       t.cores.push_back(set);
     }
   }
+  // TBB orders the callbacks after observe(true) and observe(false) after the last callback,
+  // through synchronisation TSan does not see (Debian's libtbb is not instrumented).
+  HappensBefore(&topo_);
   observe(true);
 }
 
-CorePinning::~CorePinning() { observe(false); }
+CorePinning::~CorePinning() {
+  observe(false);
+  HappensAfter(&ok_);
+}
 
 int CorePinning::cores() const { return static_cast<int>(topo_->cores.size()); }
 
 bool CorePinning::pinned() const { return ok_.load() && cores() > 0; }
 
 void CorePinning::on_scheduler_entry(bool is_worker) {
+  HappensAfter(&topo_);
+  Enter(is_worker);
+  HappensBefore(&ok_);
+}
+
+void CorePinning::on_scheduler_exit(bool is_worker) {
+  HappensAfter(&topo_);
+  Exit(is_worker);
+  HappensBefore(&ok_);
+}
+
+void CorePinning::Enter(bool is_worker) {
   const Topology& t = *topo_;
   const int slot = tbb::this_task_arena::current_thread_index();
   if (t.cores.empty() || slot < 0) return;
@@ -75,7 +95,7 @@ void CorePinning::on_scheduler_entry(bool is_worker) {
   if (hwloc_set_cpubind(t.topo, core, HWLOC_CPUBIND_THREAD) != 0) ok_ = false;
 }
 
-void CorePinning::on_scheduler_exit(bool is_worker) {
+void CorePinning::Exit(bool is_worker) {
   const Topology& t = *topo_;
   if (t.cores.empty()) return;
   const hwloc_bitmap_t back = is_worker || t_saved.set == nullptr ? t.process : t_saved.set;

@@ -39,6 +39,9 @@ class CorePinning final : public tbb::task_scheduler_observer {
 
  private:
   struct Topology;
+  void Enter(bool is_worker);
+  void Exit(bool is_worker);
+
   std::unique_ptr<Topology> topo_;
   std::atomic<bool> ok_{true};
 };

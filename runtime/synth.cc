@@ -14,13 +14,13 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "kernels_cpu/parallel.h"
 #include "kernels_cpu/quant.h"
 #include "moex/info.h"
 #include "runtime/arch.h"
 #include "runtime/core/gguf.h"
 #include "runtime/core/status_macros.h"
 #include "tbb/blocked_range.h"
-#include "tbb/parallel_for.h"
 
 namespace moex {
 namespace {
@@ -89,13 +89,13 @@ class Builder {
           const int64_t row_bytes = kcpu::RowBytes(kcpu::GetTypeTraits(type), cols);
           // Drawing is sequential (one stream: reproducible); quantising, the slow part
           // for k-quants, runs on every core.
-          tbb::parallel_for(tbb::blocked_range<int64_t>(0, n / cols, 16),
-                            [&](const tbb::blocked_range<int64_t>& r) {
-                              for (int64_t i = r.begin(); i < r.end(); ++i) {
-                                kcpu::QuantizeRow(type, v.data() + i * cols,
-                                                  out.data() + i * row_bytes, cols);
-                              }
-                            });
+          ParallelFor(tbb::blocked_range<int64_t>(0, n / cols, 16),
+                      [&](const tbb::blocked_range<int64_t>& r) {
+                        for (int64_t i = r.begin(); i < r.end(); ++i) {
+                          kcpu::QuantizeRow(type, v.data() + i * cols, out.data() + i * row_bytes,
+                                            cols);
+                        }
+                      });
           done_ += n;
           if (progress_) progress_(static_cast<double>(done_) / total_);
           return absl::OkStatus();

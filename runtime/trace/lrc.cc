@@ -12,11 +12,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "kernels_cpu/parallel.h"
 #include "moex/trace.h"
 #include "predictor/token_grouping.h"
 #include "runtime/trace/lrc_internal.h"
 #include "tbb/blocked_range.h"
-#include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
 
 namespace moex {
@@ -104,7 +104,7 @@ void ScorePredictors(const Trace& tr, std::vector<LrcFigures>* layers, LrcFigure
   }
   // hits[layer][spec][d - 1], samples likewise.
   std::vector<std::vector<std::vector<int64_t>>> hits(L), samples(L);
-  tbb::parallel_for(0, L, [&](int l) {
+  ParallelFor(0, L, [&](int l) {
     hits[l].resize(specs.size());
     samples[l].resize(specs.size());
     for (size_t i = 0; i < specs.size(); ++i) {
@@ -176,7 +176,7 @@ absl::StatusOr<std::vector<TokenGroupingFigures>> TokenGrouping(const Trace& tr,
   std::vector<std::vector<std::pair<int64_t, int64_t>>> res(
       chunks.size(), std::vector<std::pair<int64_t, int64_t>>(nb));
   std::vector<absl::Status> errors(chunks.size());
-  tbb::parallel_for(size_t{0}, chunks.size(), [&](size_t c) {
+  ParallelFor(size_t{0}, chunks.size(), [&](size_t c) {
     const auto [t0, t1] = chunks[c];
     const std::vector<int32_t> ids(tr.experts.begin() + t0 * L * k,
                                    tr.experts.begin() + t1 * L * k);
@@ -429,8 +429,8 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
   // changes nothing.
   constexpr size_t kTransposeBytes = size_t{64} << 20;
   std::vector<std::mutex> layer_mu(L);
-  arena.execute([&] {
-    tbb::parallel_for(int64_t{0}, S, [&](int64_t s) {
+  ArenaExecute(arena, [&] {
+    ParallelFor(int64_t{0}, S, [&](int64_t s) {
       const int64_t t0 = tr.seq_start[s], T = tr.seq_start[s + 1] - t0;
       if (T == 0) return;  // an empty sequence counts nothing (found by fuzz_trace)
       const size_t layer_bytes = static_cast<size_t>(T) * k * (2 + (has_w ? 4 : 0));
@@ -448,7 +448,7 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
             if (has_w) std::copy_n(&tr.weights[cell * k], k, &w[dst]);
           }
         }
-        tbb::parallel_for(0, g, [&](int gl) {
+        ParallelFor(0, g, [&](int gl) {
           const int l = l0 + gl;
           std::vector<float> p(has_p ? static_cast<size_t>(T) * E : 0);
           for (int64_t t = 0; has_p && t < T; ++t) {
@@ -466,17 +466,18 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
         });
       }
     });
-    tbb::parallel_for(0, L, [&](int l) {
+    ParallelFor(0, L, [&](int l) {
       rep.layers[l].layer = l;
       FiguresOf(lay, layer_counts[l].data(), &rep.layers[l]);
       LoadStats(tr, l, &rep.layers[l]);
     });
   });
 
-  if (opt.predictors) arena.execute([&] { lrc::ScorePredictors(tr, &rep.layers, &rep.model); });
+  if (opt.predictors)
+    ArenaExecute(arena, [&] { lrc::ScorePredictors(tr, &rep.layers, &rep.model); });
   if (!opt.group_sizes.empty()) {
     absl::StatusOr<std::vector<TokenGroupingFigures>> g;
-    arena.execute([&] { g = lrc::TokenGrouping(tr, opt); });
+    ArenaExecute(arena, [&] { g = lrc::TokenGrouping(tr, opt); });
     if (!g.ok()) return g.status();
     rep.token_grouping = *std::move(g);
   }
@@ -516,8 +517,8 @@ absl::StatusOr<LrcReport> AnalyzeTrace(const Trace& tr, const LrcOptions& opt) {
   }
   // [figure set: layers then model][replicate][value]
   std::vector<std::vector<std::vector<double>>> reps(L + 1, std::vector<std::vector<double>>(B));
-  arena.execute([&] {
-    tbb::parallel_for(0, B, [&](int b) {
+  ArenaExecute(arena, [&] {
+    ParallelFor(0, B, [&](int b) {
       std::vector<uint64_t> lc(lay.size), mc(lay.size, 0);
       LrcFigures f;
       for (int l = 0; l < L; ++l) {

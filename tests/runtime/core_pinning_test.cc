@@ -61,7 +61,9 @@ TEST(CorePinningTest, EachSlotRunsOnItsOwnCore) {
   }
   std::cout << "[ pinned   ] " << slots.size() << " slots on " << distinct.size() << " core(s)\n";
   // Two slots ran, on two different cores.
-  if (slots.size() == 2) EXPECT_EQ(distinct.size(), 2u);
+  if (slots.size() == 2) {
+    EXPECT_EQ(distinct.size(), 2u);
+  }
   // The calling thread has its own binding back.
   const cpu_set_t after = Affinity();
   EXPECT_TRUE(CPU_EQUAL(&before, &after));
