@@ -107,12 +107,16 @@ struct Q45Block {
   __m256i scb, mv;
   __m256i hb;  // Q5_K: the fifth bits still to hand out (two per quarter)
   const uint8_t* qs;
+  int even_scale_sum;  // s[0] + s[2] + s[4] + s[6] (the batched kernel's bias correction)
 
   explicit Q45Block(const uint8_t* blk) : qs(blk + (kFive ? 48 : 16)) {
     std::memcpy(&d16, blk, 2);
     std::memcpy(&dmin16, blk + 2, 2);
     uint64_t sc8, m8;
     UnpackScalesK4(blk + 4, &sc8, &m8);
+    // Bytes 0, 2, 4, 6 summed into the top 16 bits by one multiply (each sum <= 4 * 63).
+    even_scale_sum =
+        static_cast<int>(((sc8 & 0x00FF00FF00FF00FFull) * 0x0001000100010001ull) >> 48);
     mv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
     mv = _mm256_or_si256(mv, _mm256_slli_epi32(mv, 16));
     scb = _mm256_broadcastsi128_si256(
@@ -237,49 +241,56 @@ float DotQ6_K(const void* w, const void* x, int64_t n) {
 // reduction.
 
 // DotQ45_K<kFive>, NT tokens (Q4_K and Q5_K share the d, dmin, scales and qs layout;
-// Q5_K's qh sits between scales and qs). The integer products take one multiply-unit
-// instruction fewer per 64 codes than DotQ45_K's maddubs + dpwssd + dpwssd: vpdpbusd
-// sums each lane's 4 products of the two sub-blocks (|sum| <= 4 * 31 * 128 < 2^15, so it
-// fits an int16), the two sums go into one lane's int16 halves (shift + blend, cheap
-// units) and one vpdpwssd against the (s[2p], s[2p+1]) pair adds s[2p] * sum0 +
-// s[2p+1] * sum1 to the lane: the same integer the one-token kernel's two chains put in
-// that lane (4 % faster in BM_PrefillGemm; the same trick for Q6_K's zmm measured no
-// gain, and a zmm Q4_K, two sub-blocks per register, was 12 % slower: these kernels are
-// bound by the two multiply pipes of Zen 4).
+// Q5_K's qh sits between scales and qs). Per 64 codes and token, DotQ45_K spends
+// maddubs + dpwssd + dpwssd; this kernel spends two vpdpbusd, a shift, an or and one
+// vpdpwssd, with no per-token blend or second zeroed register:
+//   h = dpbusd(0, hi, x1)                  each lane: d1, the sum of its 4 products
+//   V = dpbusd((h << 16) | B, lo, x0)      (d1 << 16) + B + d0
+//   isum += dpwssd(V, (s[2p], s[2p+1]))    s[2p] * (d0 + B) + s[2p+1] * d1
+// The bias B = 2^14 keeps d0 + B in 0..32767 (|d0| <= 4 * 31 * 128 = 15872 for Q5_K's
+// 5-bit codes), so V's low int16 half is d0 + B and its high half exactly d1, whatever
+// their signs. isum starts at -B * (s[0] + s[2] + s[4] + s[6]), which takes the bias out
+// again: each lane ends with the same exact integer as the one-token kernel's two chains,
+// so the float side below (the same cvt, product and fma per token as DotQ45_K) gives the
+// same bits. The factors d_x * d_w are broadcast-loads times a splatted d_w (the same
+// rounded product as a scalar multiply, without the register broadcast). Measured on Zen 4:
+// see docs/PERFORMANCE.md. A zmm Q4_K (two sub-blocks per register) was 12 % slower: these
+// kernels are bound by the vector pipes of Zen 4, which splits zmm work into ymm halves.
 template <bool kFive, int NT>
 void DotQ45_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
+  constexpr int kBias = 1 << 14;
   const auto* w8 = static_cast<const uint8_t*>(w);
   const int64_t bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
   const BlockQ8_K* bx[NT];
   for (int j = 0; j < NT; ++j) bx[j] = static_cast<const BlockQ8_K*>(x[j]);
   __m256 acc[NT], accm[NT];
   for (int j = 0; j < NT; ++j) acc[j] = accm[j] = _mm256_setzero_ps();
+  const __m256i bias = _mm256_set1_epi32(kBias);
   for (int64_t i = 0; i < n / kQKK; ++i) {
     Q45Block<kFive> b(w8 + i * bytes);
-    const float dw = H(b.d16), dmw = H(b.dmin16);
+    const __m256 dw = _mm256_set1_ps(H(b.d16)), dmw = _mm256_set1_ps(H(b.dmin16));
+    const __m256i unbias = _mm256_set1_epi32(-kBias * b.even_scale_sum);
     __m256i isum[NT];
-    for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
+    for (int j = 0; j < NT; ++j) isum[j] = unbias;
     for (int p = 0; p < 4; ++p) {
       __m256i lo, hi;
       b.Codes(p, &lo, &hi);
       // The scale pair (s[2p], s[2p+1]) as the two int16 halves of every int32 lane.
       const __m256i s01 = _mm256_blend_epi16(_mm256_shuffle_epi8(b.scb, Splat16(2 * p)),
                                              _mm256_shuffle_epi8(b.scb, Splat16(2 * p + 1)), 0xAA);
-      const __m256i zero = _mm256_setzero_si256();
       for (int j = 0; j < NT; ++j) {
         const int8_t* xq = bx[j][i].qs + 64 * p;
-        const __m256i d0 = _mm256_dpbusd_epi32(zero, lo, Load256(xq));
-        const __m256i d1 = _mm256_dpbusd_epi32(zero, hi, Load256(xq + 32));
-        const __m256i d01 = _mm256_blend_epi16(d0, _mm256_slli_epi32(d1, 16), 0xAA);
-        isum[j] = _mm256_dpwssd_epi32(isum[j], d01, s01);
+        const __m256i h = _mm256_dpbusd_epi32(_mm256_setzero_si256(), hi, Load256(xq + 32));
+        const __m256i v =
+            _mm256_dpbusd_epi32(_mm256_or_si256(_mm256_slli_epi32(h, 16), bias), lo, Load256(xq));
+        isum[j] = _mm256_dpwssd_epi32(isum[j], v, s01);
       }
     }
     for (int j = 0; j < NT; ++j) {
       const __m256i msum = _mm256_madd_epi16(Load256(bx[j][i].bsums), b.mv);
-      acc[j] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(bx[j][i].d * dw), acc[j]);
-      accm[j] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(bx[j][i].d * dmw), accm[j]);
+      const __m256 dx = _mm256_broadcast_ss(&bx[j][i].d);
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dx, dw), acc[j]);
+      accm[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dx, dmw), accm[j]);
     }
   }
   for (int j = 0; j < NT; ++j) out[j] = Hsum256(_mm256_sub_ps(acc[j], accm[j]));
