@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <memory>
 
@@ -41,6 +42,23 @@ int PhysicalCores() {
   }();
   return cores;
 }
+
+namespace {
+
+// MemAvailable of /proc/meminfo in bytes (memory the system can give without swapping,
+// page cache included); 0 where unknown.
+double AvailableMemoryBytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 0;
+}
+
+}  // namespace
 
 double MeasureReadBandwidth(int threads) {
   constexpr size_t kBytes = size_t{256} << 20;  // far beyond any last-level cache
@@ -137,6 +155,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Open(const std::string& path,
   impl->info.bos_token = tok != nullptr ? tok->bos() : -1;
   impl->info.eos_token = tok != nullptr ? tok->eos() : -1;
   impl->info.add_bos = tok != nullptr && tok->add_bos();
+  if (options.prefault) {
+    // A file that does not fit beside what else runs would only evict its own pages.
+    const double available = AvailableMemoryBytes();
+    if (available > 0 && static_cast<double>(impl->file->file_size()) <= 0.8 * available) {
+      impl->file->Populate();
+    }
+  }
   impl->arena =
       std::make_unique<tbb::task_arena>(options.threads > 0 ? options.threads : PhysicalCores());
   if (options.pin_threads) impl->pinning = std::make_unique<CorePinning>(*impl->arena);

@@ -5,6 +5,7 @@
 // measured in the same run, because it varies between sittings on shared machines.
 // Each figure is the median of --reps repetitions.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <random>
@@ -24,12 +25,16 @@ namespace moex::cli {
 namespace {
 
 constexpr char kHelp[] =
-    "usage: moex bench -m MODEL [-p N] [-n N] [--depth N] [--reps N] [-t N] [--no-pin] [--json]\n"
+    "usage: moex bench -m MODEL [-p N] [-n N] [--depth N] [--reps N] [-t N] [--no-pin] "
+    "[--no-prefault]\n"
+    "                  [--json]\n"
     "  -p N              prompt tokens to prefill                   (default 128)\n"
     "  -n N              tokens to decode after it                  (default 32)\n"
     "  --depth N         decode after a context of N tokens instead (prefill not timed)\n"
     "  --reps N          repetitions; the median is reported       (default 3)\n"
     "  --no-pin          leave the worker threads unpinned (default: one per core, hwloc)\n"
+    "  --no-prefault     map the weights lazily (default: all pages entered at load when\n"
+    "                    the file fits in available memory; load_s says what that took)\n"
     "  --kv-policy SPEC --kv-type T   KV-cache compression, as for run\n"
     "  --json            {\"prefill_tps\",\"decode_tps\",\"bytes_per_token\",\"mem_bw_gbps\",\n"
     "                     \"bw_fraction\",\"kv_bytes\",...} on stdout; with --device sim:P also\n"
@@ -71,7 +76,7 @@ int CmdBench(int argc, char** argv) {
   if (!a.Parse(argc, argv,
                WithDevice({"model", "n-prompt", "prompt", "n-predict", "depth", "reps", "threads",
                            "kv-policy", "kv-type", "ctx-size"}),
-               {"help", "json", "no-pin"}, &err)) {
+               {"help", "json", "no-pin", "no-prefault"}, &err)) {
     return Usage("bench", err);
   }
   if (a.Has("help")) {
@@ -88,6 +93,7 @@ int CmdBench(int argc, char** argv) {
   ModelOptions mo;
   mo.threads = static_cast<int>(a.Int("threads", 0, &err));
   mo.pin_threads = !a.Has("no-pin");
+  mo.prefault = !a.Has("no-prefault");
   if (!err.empty()) return Usage("bench", err);
   if (n_prompt < 1 || n_decode < 1 || reps < 1 || depth < 0) {
     return Usage("bench", "-p, -n and --reps must be positive");
@@ -95,8 +101,11 @@ int CmdBench(int argc, char** argv) {
   absl::StatusOr<FileDescription> desc = DescribeFile(a.Str("model"));
   if (!desc.ok()) return Fail("bench", std::string(desc.status().message()));
   if (!desc->has_model_info) return Fail("bench", desc->model_error);
+  const auto t_load = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Open(a.Str("model"), mo);
   if (!model.ok()) return Fail("bench", std::string(model.status().message()));
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   const ModelInfo& info = (*model)->info();
 
   SessionOptions so;
@@ -184,14 +193,15 @@ int CmdBench(int argc, char** argv) {
         "{\"model\":%s,\"threads\":%d,\"n_prompt\":%lld,\"n_decode\":%lld,\"depth\":%lld,"
         "\"reps\":%lld,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"bytes_per_token\":%.0f,"
         "\"mem_bw_gbps\":%.3f,\"bw_fraction\":%.4f,\"decode_bound_tps\":%.3f,"
-        "\"kv_policy\":%s,\"kv_type\":%s,\"kv_bytes\":%lld,\"kv_peak_bytes\":%lld%s}\n",
+        "\"kv_policy\":%s,\"kv_type\":%s,\"kv_bytes\":%lld,\"kv_peak_bytes\":%lld,"
+        "\"load_s\":%.3f%s}\n",
         JsonString(a.Str("model")).c_str(), threads, (long long)prompt.size(), (long long)n_decode,
         (long long)depth, (long long)reps, pre, dec, bpt, bw / 1e9, fraction,
         bpt > 0 ? bw / bpt : 0, JsonString(so.kv_policy).c_str(), JsonString(so.kv_type).c_str(),
-        (long long)kv_bytes, (long long)kv_peak, sim_json.c_str());
+        (long long)kv_bytes, (long long)kv_peak, load_s, sim_json.c_str());
   } else {
     std::fprintf(stderr, "\n");
-    std::printf("%s, %d threads\n", info.path.c_str(), threads);
+    std::printf("%s, %d threads, loaded in %.2f s\n", info.path.c_str(), threads, load_s);
     std::printf("  %s %lld tokens: %.1f tok/s (median of %lld)\n",
                 depth > 0 ? "context" : "prefill", (long long)prompt.size(), pre, (long long)reps);
     std::printf(

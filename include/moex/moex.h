@@ -32,6 +32,10 @@ struct ModelOptions {
   // thread of the caller gets its own binding back when a call returns. Best effort:
   // where the system refuses, the threads run unpinned.
   bool pin_threads = true;
+  // Map every page of the weights into the process at Open (they stay mapped, not copied)
+  // when the file fits in the memory the system has available, so the first prompt does
+  // not pay a page fault per 4 KiB of weights; larger files stay lazily mapped.
+  bool prefault = true;
 };
 
 struct SessionOptions {

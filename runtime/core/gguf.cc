@@ -591,6 +591,19 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path
   return file;
 }
 
+bool GgufFile::Populate() const {
+#ifdef __linux__
+  constexpr int kPopulateRead = 22;  // MADV_POPULATE_READ (Linux 5.14), absent in older headers
+  // madvise wants a page-aligned start: the page holding the first tensor byte.
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t begin = data_offset_ / page * page;
+  if (begin >= size_) return true;
+  return madvise(const_cast<uint8_t*>(base_) + begin, size_ - begin, kPopulateRead) == 0;
+#else
+  return false;
+#endif
+}
+
 GgufFile::~GgufFile() {
   if (base_ != nullptr) munmap(const_cast<uint8_t*>(base_), size_);
 }

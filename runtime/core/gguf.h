@@ -111,6 +111,14 @@ class GgufFile {
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
+  // Enters every page of the tensor data into this process's page tables now (reading
+  // what is not yet in the page cache), so that first use does not take a page fault per
+  // 4 KiB: a 4.4 GB model's first prefill otherwise spends ~20 % of its time in faults.
+  // llama.cpp maps with MAP_POPULATE for the same reason. Weights stay mapped, not
+  // copied. Best effort: false (the mapping stays lazy) where the kernel lacks
+  // MADV_POPULATE_READ (Linux < 5.14) or a page cannot be read.
+  bool Populate() const;
+
   const std::string& path() const { return path_; }
   uint32_t version() const { return version_; }
   uint64_t file_size() const { return size_; }
