@@ -107,12 +107,8 @@ void RunChunk(const MatMulTask& t, const Plan& p, const uint8_t* xq, int64_t b, 
           const int nt = static_cast<int>(std::min<int64_t>(kVecDotBatch, t.n_tokens - t0));
           const void* xs[kVecDotBatch];
           for (int j = 0; j < nt; ++j) xs[j] = xq + XRow(t, t0 + j) * p.x_bytes;
-          float* yt = t.y + t0 * t.rows;
-          for (int64_t n = b; n < e; ++n) {
-            float out[kVecDotBatch];
-            p.vbatch(wb + n * p.row_bytes, xs, nt, t.cols, out);
-            for (int j = 0; j < nt; ++j) yt[j * t.rows + n] = out[j];
-          }
+          p.vbatch(wb + b * p.row_bytes, p.row_bytes, e - b, xs, nt, t.cols, t.y + t0 * t.rows + b,
+                   t.rows);
         }
         return;
       }

@@ -43,12 +43,15 @@ VecDotFn GetVecDot(GgmlType weight, IsaLevel level);
 // GetVecDot at BestIsaLevel(), resolved once per type.
 VecDotFn GetVecDot(GgmlType weight);
 
-// Several tokens against one weight row: out[j] = the VecDotFn of the same type and level
-// applied to (w, x[j], n), bit for bit, for every j < n_x. For prefill: the weight block
-// is decoded (nibbles unpacked, sub-block scales expanded) once per kVecDotBatch tokens
-// instead of once per token; each token's float accumulation keeps the vec_dot's own
-// order and operations, so results do not depend on how tokens are grouped.
-using VecDotBatchFn = void (*)(const void* w, const void* const* x, int n_x, int64_t n, float* out);
+// Several tokens against a block of weight rows: out[j * out_stride + r] = the VecDotFn of
+// the same type and level applied to (w + r * row_bytes, x[j], n), bit for bit, for every
+// token j < n_x and row r < rows. For prefill: a weight block is decoded (nibbles
+// unpacked, sub-block scales expanded) once per kVecDotBatch tokens instead of once per
+// token, and a kernel may lay the tokens' rows out anew once for all the rows of the call
+// (Q8_0 does); each token's result keeps the vec_dot's own integers and float
+// operations, so it does not depend on how tokens or rows are grouped.
+using VecDotBatchFn = void (*)(const void* w, int64_t row_bytes, int64_t rows, const void* const* x,
+                               int n_x, int64_t n, float* out, int64_t out_stride);
 // Tokens per pass over a weight block (8: 8-17 % faster than 4 or 6 in BM_PrefillGemm;
 // the Q4_K kernel's 24 accumulators then fill most of the 32 vector registers).
 constexpr int kVecDotBatch = 8;

@@ -16,6 +16,9 @@
 // Q8_0's half-away-from-zero is rebuilt from a truncation).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "kernels_cpu/vec_dot_internal.h"
 
 namespace moex::kcpu::vd {
@@ -31,12 +34,6 @@ float Hsum256(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
-}
-
-// Signed x signed int8 products in 8 int32 lanes: |w| (u8) times x with w's sign.
-__m256i DotS8(__m256i w, __m256i x) {
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w),
-                             _mm256_sign_epi8(x, w));
 }
 
 // Classic formats: one FMA per 32-value block, so a single accumulator's FMA latency
@@ -66,11 +63,64 @@ float ClassicDot(const Block* bw, const BlockQ8_0* bx, int64_t nb, BlockFn block
   return Hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 }
 
+// ---- Q8_0: eight blocks to a register -------------------------------------------------
+//
+// Both Q8_0 kernels (one token, and DotQ8_0Batch) reduce each 32-value block's products to
+// one exact integer T_b, eight consecutive blocks to the eight lanes of a register, and
+// then make one conversion and one FMA for the eight: acc += float(T) * (d_w * d_x), lane b
+// for block 8g + b (lanes past the row's last block hold 0 * 0). A per-block FMA, as the
+// other classic formats do (ClassicDot), costs four of the six vector operations per block
+// and token in a batched kernel; this way the batched kernel spends a vpdpbusd per 32
+// products and token and little else (docs/PERFORMANCE.md). The one-token kernel gets the
+// same integers another way (a dot per block and a horizontal reduction), and both do the
+// same float operations, so prefill still equals decode bit for bit.
+
+// Lane b of the result: the exact sum of the 8 lanes of p[b].
+__m256i SumLanes8(const __m256i p[8]) {
+  const __m256i a0 = _mm256_hadd_epi32(p[0], p[1]), a1 = _mm256_hadd_epi32(p[2], p[3]);
+  const __m256i a2 = _mm256_hadd_epi32(p[4], p[5]), a3 = _mm256_hadd_epi32(p[6], p[7]);
+  const __m256i b0 = _mm256_hadd_epi32(a0, a1), b1 = _mm256_hadd_epi32(a2, a3);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(b0, b1, 0x20),
+                          _mm256_permute2x128_si256(b0, b1, 0x31));
+}
+
+// The f16 scales of blocks b[0..m-1] (m <= 8) as 8 floats, 0 beyond m.
+__m256 Scales8(const BlockQ8_0* b, int m) {
+  if (m == 8) {
+    return _mm256_cvtph_ps(_mm_setr_epi16(
+        static_cast<int16_t>(b[0].d), static_cast<int16_t>(b[1].d), static_cast<int16_t>(b[2].d),
+        static_cast<int16_t>(b[3].d), static_cast<int16_t>(b[4].d), static_cast<int16_t>(b[5].d),
+        static_cast<int16_t>(b[6].d), static_cast<int16_t>(b[7].d)));
+  }
+  alignas(16) uint16_t t[8] = {};
+  for (int i = 0; i < m; ++i) t[i] = b[i].d;
+  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(t)));
+}
+
+// Exact int8 x int8 products, 4 to a lane, for any codes (-128 included, which the sign
+// trick, |w| times x with w's sign, cannot negate): (w + 128) as unsigned bytes times x, less 128 * x.
+__m256i DotS8Exact(__m256i w, __m256i x) {
+  const __m256i k128 = _mm256_set1_epi8(static_cast<char>(0x80));
+  return _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_xor_si256(w, k128), x),
+                          _mm256_dpbusd_epi32(_mm256_setzero_si256(), k128, x));
+}
+
 float DotQ8_0(const void* w, const void* x, int64_t n) {
-  return ClassicDot(static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(x), n / kQK,
-                    [](const BlockQ8_0& bw, const BlockQ8_0& bx) {
-                      return DotS8(Load256(bw.qs), Load256(bx.qs));
-                    });
+  const auto* bw = static_cast<const BlockQ8_0*>(w);
+  const auto* bx = static_cast<const BlockQ8_0*>(x);
+  const int64_t nb = n / kQK;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t g = 0; g < nb; g += 8) {
+    const int m = static_cast<int>(std::min<int64_t>(8, nb - g));
+    __m256i p[8];
+    for (int b = 0; b < 8; ++b) {
+      p[b] =
+          b < m ? DotS8Exact(Load256(bw[g + b].qs), Load256(bx[g + b].qs)) : _mm256_setzero_si256();
+    }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(SumLanes8(p)),
+                          _mm256_mul_ps(Scales8(bw + g, m), Scales8(bx + g, m)), acc);
+  }
+  return Hsum256(acc);
 }
 
 // Q4_0: the nibbles stay unsigned for vpdpbusd and the -8 offset is taken off as
@@ -335,42 +385,121 @@ void DotQ6_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
   for (int j = 0; j < NT; ++j) out[j] = _mm512_reduce_add_ps(acc[j]);
 }
 
-// DotQ8_0 (ClassicDot's four chains: block i into chain i % 4, the tail blocks into
-// chain 0), NT tokens: |w| and d_w shared, sign(x, w), the product and the scale per token.
-template <int NT>
-void DotQ8_0Batch(const void* w, const void* const* x, int64_t n, float* out) {
-  const auto* bw = static_cast<const BlockQ8_0*>(w);
-  const BlockQ8_0* bx[NT];
-  for (int j = 0; j < NT; ++j) bx[j] = static_cast<const BlockQ8_0*>(x[j]);
-  const int64_t nb = n / kQK;
-  __m256 acc[NT][4];
-  for (int j = 0; j < NT; ++j) {
-    for (int u = 0; u < 4; ++u) acc[j][u] = _mm256_setzero_ps();
+// 8 x 8 int32 transpose: lane b of r[k] becomes lane k of r[b].
+void Transpose8(__m256i r[8]) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
   }
-  auto block = [&](int64_t i, int u) {
-    const __m256i wq = Load256(bw[i].qs);
-    const __m256i aw = _mm256_sign_epi8(wq, wq);
-    const float dw = H(bw[i].d);
-    for (int j = 0; j < NT; ++j) {
-      const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw,
-                                            _mm256_sign_epi8(Load256(bx[j][i].qs), wq));
-      acc[j][u] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * H(bx[j][i].d)), acc[j][u]);
-    }
-  };
-  int64_t i = 0;
-  for (; i + 4 <= nb; i += 4) {
-    for (int u = 0; u < 4; ++u) block(i + u, u);
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
+    u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
+    u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
   }
-  for (; i < nb; ++i) block(i, 0);
-  for (int j = 0; j < NT; ++j) {
-    out[j] = Hsum256(
-        _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3])));
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2x128_si256(u[i], u[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2x128_si256(u[i], u[4 + i], 0x31);
   }
 }
 
-// The VecDotBatchFn entry: groups of kVecDotBatch tokens, the rest by a narrower
-// instantiation (every instantiation gives each token the same bits).
+// One token's Q8_0 activation row, eight blocks at a time, as DotQ8_0Batch reads it: the
+// codes transposed (lane b of q[k] holds bytes 4k..4k+3 of block b, so one vpdpbusd per k
+// adds 4 products into every block's own lane), -128 x each block's code sum (the
+// correction for the weights' +128), and the scales.
+struct Q8Prepared {
+  __m256i q[8];
+  __m256i corr;
+  __m256 d;
+};
+
+void PrepareQ8_0(const BlockQ8_0* bx, int64_t nb, Q8Prepared* out) {
+  const __m256i k128 = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t g = 0; g < nb; g += 8) {
+    const int m = static_cast<int>(std::min<int64_t>(8, nb - g));
+    Q8Prepared& o = out[g / 8];
+    for (int b = 0; b < 8; ++b) o.q[b] = b < m ? Load256(bx[g + b].qs) : _mm256_setzero_si256();
+    Transpose8(o.q);
+    __m256i sum = _mm256_setzero_si256();
+    for (int k = 0; k < 8; ++k) sum = _mm256_dpbusd_epi32(sum, k128, o.q[k]);
+    o.corr = _mm256_sub_epi32(_mm256_setzero_si256(), sum);
+    o.d = Scales8(bx + g, m);
+  }
+}
+
+// DotQ8_0 for NT prepared tokens: per eight blocks, the weights are transposed once and
+// offset to unsigned (w + 128), then each token takes eight vpdpbusd (two chains) starting
+// from its correction, one conversion and one FMA. T_b is DotQ8_0's exact integer, and the
+// float operations are DotQ8_0's.
+template <int NT>
+void DotQ8_0Prepared(const BlockQ8_0* bw, const Q8Prepared* const* px, int64_t nb, float* out) {
+  __m256 acc[NT];
+  for (int j = 0; j < NT; ++j) acc[j] = _mm256_setzero_ps();
+  const __m256i k128 = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t g = 0; g < nb; g += 8) {
+    const int m = static_cast<int>(std::min<int64_t>(8, nb - g));
+    __m256i wt[8];
+    for (int b = 0; b < 8; ++b) wt[b] = b < m ? Load256(bw[g + b].qs) : _mm256_setzero_si256();
+    Transpose8(wt);
+    for (int k = 0; k < 8; ++k) wt[k] = _mm256_xor_si256(wt[k], k128);
+    const __m256 dw = Scales8(bw + g, m);
+    for (int j = 0; j < NT; ++j) {
+      const Q8Prepared& p = px[j][g / 8];
+      __m256i a0 = p.corr, a1 = _mm256_setzero_si256();
+      for (int k = 0; k < 8; k += 2) {
+        a0 = _mm256_dpbusd_epi32(a0, wt[k], p.q[k]);
+        a1 = _mm256_dpbusd_epi32(a1, wt[k + 1], p.q[k + 1]);
+      }
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, a1)), _mm256_mul_ps(dw, p.d),
+                               acc[j]);
+    }
+  }
+  for (int j = 0; j < NT; ++j) out[j] = Hsum256(acc[j]);
+}
+
+template <int NT>
+void Q8_0PreparedRows(const uint8_t* w, int64_t row_bytes, int64_t rows,
+                      const Q8Prepared* const* px, int64_t nb, float* out, int64_t stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float o[NT];
+    DotQ8_0Prepared<NT>(reinterpret_cast<const BlockQ8_0*>(w + r * row_bytes), px, nb, o);
+    for (int j = 0; j < NT; ++j) out[j * stride + r] = o[j];
+  }
+}
+
+template <int NT>
+void Q8_0PreparedDispatch(int nt, const uint8_t* w, int64_t row_bytes, int64_t rows,
+                          const Q8Prepared* const* px, int64_t nb, float* out, int64_t stride) {
+  if constexpr (NT > 0) {
+    if (nt == NT) return Q8_0PreparedRows<NT>(w, row_bytes, rows, px, nb, out, stride);
+    Q8_0PreparedDispatch<NT - 1>(nt, w, row_bytes, rows, px, nb, out, stride);
+  }
+}
+
+// The VecDotBatchFn of Q8_0: the tokens are prepared once for all the rows of the call.
+void Q8_0BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
+                    int64_t n, float* out, int64_t stride) {
+  const int64_t nb = n / kQK, ng = (nb + 7) / 8;
+  // Grown once per thread (no allocation per call); the kernels call nothing that could
+  // run other work on this thread while it is in use.
+  thread_local std::vector<Q8Prepared> prep;
+  for (int j0 = 0; j0 < n_x; j0 += kVecDotBatch) {
+    const int nt = std::min(kVecDotBatch, n_x - j0);
+    if (prep.size() < static_cast<size_t>(nt * ng)) prep.resize(nt * ng);
+    const Q8Prepared* px[kVecDotBatch];
+    for (int j = 0; j < nt; ++j) {
+      PrepareQ8_0(static_cast<const BlockQ8_0*>(x[j0 + j]), nb, prep.data() + j * ng);
+      px[j] = prep.data() + j * ng;
+    }
+    Q8_0PreparedDispatch<kVecDotBatch>(nt, static_cast<const uint8_t*>(w), row_bytes, rows, px, nb,
+                                       out + j0 * stride, stride);
+  }
+}
+
+// The VecDotBatchFn entry of the kernels that read the activation rows as they are:
+// groups of kVecDotBatch tokens, the rest by a narrower instantiation (every
+// instantiation gives each token the same bits), each group over all the rows.
 template <template <int> class K, int NT>
 void BatchRest(const void* w, const void* const* x, int n_x, int64_t n, float* out) {
   if constexpr (NT > 0) {
@@ -379,11 +508,17 @@ void BatchRest(const void* w, const void* const* x, int n_x, int64_t n, float* o
   }
 }
 template <template <int> class K>
-void BatchEntry(const void* w, const void* const* x, int n_x, int64_t n, float* out) {
-  for (; n_x >= kVecDotBatch; n_x -= kVecDotBatch, x += kVecDotBatch, out += kVecDotBatch) {
-    K<kVecDotBatch>::Run(w, x, n, out);
+void BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
+                int64_t n, float* out, int64_t stride) {
+  const auto* w8 = static_cast<const uint8_t*>(w);
+  for (int j0 = 0; j0 < n_x; j0 += kVecDotBatch) {
+    const int nt = std::min(kVecDotBatch, n_x - j0);
+    for (int64_t r = 0; r < rows; ++r) {
+      float o[kVecDotBatch];
+      BatchRest<K, kVecDotBatch>(w8 + r * row_bytes, x + j0, nt, n, o);
+      for (int j = 0; j < nt; ++j) out[(j0 + j) * stride + r] = o[j];
+    }
   }
-  BatchRest<K, kVecDotBatch - 1>(w, x, n_x, n, out);
 }
 template <int NT>
 struct Q4_KBatch {
@@ -395,14 +530,6 @@ template <int NT>
 struct Q5_KBatch {
   static void Run(const void* w, const void* const* x, int64_t n, float* out) {
     DotQ45_KBatch<true, NT>(w, x, n, out);
-  }
-};
-template <int NT>
-struct Q8_0Batch {
-  static void Run(const void* w, const void* const* x, int64_t n, float* out) {
-    // Four tokens at a time: 4 chains x 4 tokens fill half the registers already.
-    for (int j = 0; j + 4 <= NT; j += 4) DotQ8_0Batch<4>(w, x + j, n, out + j);
-    if constexpr (NT % 4 != 0) DotQ8_0Batch<NT % 4>(w, x + NT / 4 * 4, n, out + NT / 4 * 4);
   }
 };
 template <int NT>
@@ -552,7 +679,7 @@ VecDotBatchFn Avx512VecDotBatch(GgmlType weight) {
     case GgmlType::kQ5_K:
       return BatchEntry<Q5_KBatch>;
     case GgmlType::kQ8_0:
-      return BatchEntry<Q8_0Batch>;
+      return Q8_0BatchEntry;
     case GgmlType::kQ6_K:
       return BatchEntry<Q6_KBatch>;
     default:

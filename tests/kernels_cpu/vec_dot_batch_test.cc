@@ -94,7 +94,7 @@ TEST(VecDotBatchTest, EqualsOneTokenKernelBitForBit) {
       if (batch == nullptr) continue;
       const VecDotFn one = GetVecDot(wt, level);
       const GgmlType act = VecDotActivationType(wt);
-      for (int64_t nb : {1, 3, 7, 9}) {
+      for (int64_t nb : {1, 3, 7, 9, 17}) {
         const int64_t n = nb * (act == GgmlType::kQ8_K ? 256 : 32);
         for (float ws : {1e-3f, 0.05f, 3e4f}) {
           for (bool raw : {false, true}) {
@@ -102,20 +102,29 @@ TEST(VecDotBatchTest, EqualsOneTokenKernelBitForBit) {
               SCOPED_TRACE(::testing::Message()
                            << GetTypeTraits(wt).name << " " << IsaLevelName(level) << " n=" << n
                            << " w_scale=" << ws << " raw_x=" << raw << " tokens=" << nx);
-              const std::vector<uint8_t> w = RandomRows(wt, 1, n, ws, rng);
+              // Three rows a call, outputs strided with a poisoned gap after each token's.
+              constexpr int64_t kRows = 3, kStride = kRows + 2;
+              const std::vector<uint8_t> w = RandomRows(wt, kRows, n, ws, rng);
+              const int64_t wb = RowBytes(GetTypeTraits(wt), n);
               const std::vector<uint8_t> xq = RandomActivations(act, nx, n, raw, rng);
               const int64_t xb = RowBytes(GetTypeTraits(act), n);
               // Tokens in shuffled order, as a MoE expert's rows arrive.
               std::vector<const void*> xs(nx);
               for (int j = 0; j < nx; ++j) xs[j] = xq.data() + ((j * 7) % nx) * xb;
-              std::vector<float> out(nx + 1, std::numeric_limits<float>::quiet_NaN());
-              batch(w.data(), xs.data(), nx, n, out.data());
+              std::vector<float> out(nx * kStride, std::numeric_limits<float>::quiet_NaN());
+              batch(w.data(), wb, kRows, xs.data(), nx, n, out.data(), kStride);
               for (int j = 0; j < nx; ++j) {
-                const float want = one(w.data(), xs[j], n);
-                ASSERT_TRUE(SameBits(out[j], want))
-                    << "token " << j << ": batch " << out[j] << " one-token " << want;
+                for (int64_t r = 0; r < kStride; ++r) {
+                  const float got = out[j * kStride + r];
+                  if (r >= kRows) {
+                    EXPECT_TRUE(std::isnan(got)) << "token " << j << " wrote past row " << kRows;
+                    continue;
+                  }
+                  const float want = one(w.data() + r * wb, xs[j], n);
+                  ASSERT_TRUE(SameBits(got, want)) << "token " << j << " row " << r << ": batch "
+                                                   << got << " one-token " << want;
+                }
               }
-              EXPECT_TRUE(std::isnan(out[nx])) << "wrote past the last token";
               ++checked;
             }
           }
@@ -153,7 +162,7 @@ TEST(VecDotBatchTest, ExtremeCodesBitForBit) {
         const void* xs[5];
         for (int t = 0; t < 5; ++t) xs[t] = xq.data() + t * xb;
         float out[5];
-        batch(w.data(), xs, 5, n, out);
+        batch(w.data(), static_cast<int64_t>(w.size()), 1, xs, 5, n, out, 1);
         for (int t = 0; t < 5; ++t) {
           EXPECT_TRUE(SameBits(out[t], GetVecDot(wt, level)(w.data(), xs[t], n)))
               << GetTypeTraits(wt).name << " fill=" << int{fill} << " token " << t;
