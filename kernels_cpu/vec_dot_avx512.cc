@@ -98,7 +98,8 @@ __m256 Scales8(const BlockQ8_0* b, int m) {
 }
 
 // Exact int8 x int8 products, 4 to a lane, for any codes (-128 included, which the sign
-// trick, |w| times x with w's sign, cannot negate): (w + 128) as unsigned bytes times x, less 128 * x.
+// trick, |w| times x with w's sign, cannot negate): (w + 128) as unsigned bytes times x, less 128 *
+// x.
 __m256i DotS8Exact(__m256i w, __m256i x) {
   const __m256i k128 = _mm256_set1_epi8(static_cast<char>(0x80));
   return _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_xor_si256(w, k128), x),
@@ -147,6 +148,18 @@ __m256i Splat16(int s) {
   return _mm256_set1_epi16(static_cast<int16_t>((2 * s) | ((2 * s + 1) << 8)));
 }
 
+// The mins term of Q4_K/Q5_K, lane l for sub-block l: dmin * m_l times d_x * (the sum of
+// x over the sub-block). Both factors are formed apart, the activation's once per token
+// (the batched kernel prepares it once for all the rows it runs), and one FMA per block
+// adds their product: accm_l += (dmin * m_l) * (d_x * S_l).
+struct alignas(32) Floats8 {
+  float v[8];
+};
+__m256 MinsFactor(const BlockQ8_K& bx) {
+  const __m256i s = _mm256_madd_epi16(Load256(bx.bsums), _mm256_set1_epi16(1));
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(bx.d));
+}
+
 // One Q4_K/Q5_K super-block as both the one-token and the batched kernel read it: its two
 // f16 factors, its eight 6-bit scales as int16 in both 128-bit lanes (scb), its eight mins
 // in both int16 halves of every int32 lane (mv, against the activation's bsums), and its
@@ -158,6 +171,7 @@ struct Q45Block {
   __m256i hb;  // Q5_K: the fifth bits still to hand out (two per quarter)
   const uint8_t* qs;
   int even_scale_sum;  // s[0] + s[2] + s[4] + s[6] (the batched kernel's bias correction)
+  __m256 mf;           // the eight mins as floats
 
   explicit Q45Block(const uint8_t* blk) : qs(blk + (kFive ? 48 : 16)) {
     std::memcpy(&d16, blk, 2);
@@ -167,8 +181,9 @@ struct Q45Block {
     // Bytes 0, 2, 4, 6 summed into the top 16 bits by one multiply (each sum <= 4 * 63).
     even_scale_sum =
         static_cast<int>(((sc8 & 0x00FF00FF00FF00FFull) * 0x0001000100010001ull) >> 48);
-    mv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
-    mv = _mm256_or_si256(mv, _mm256_slli_epi32(mv, 16));
+    const __m256i m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
+    mf = _mm256_cvtepi32_ps(m32);
+    mv = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
     scb = _mm256_broadcastsi128_si256(
         _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
     hb = kFive ? Load256(blk + 16) : _mm256_setzero_si256();
@@ -203,7 +218,6 @@ float DotQ45_K(const void* w, const void* x, int64_t n) {
   __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
     Q45Block<kFive> b(w8 + i * bytes);
-    const __m256i msum = _mm256_madd_epi16(Load256(bx[i].bsums), b.mv);
     __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int p = 0; p < 4; ++p) {
       __m256i lo, hi;
@@ -215,7 +229,8 @@ float DotQ45_K(const void* w, const void* x, int64_t n) {
     }
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])),
                           _mm256_set1_ps(bx[i].d * H(b.d16)), acc);
-    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(bx[i].d * H(b.dmin16)), accm);
+    accm =
+        _mm256_fmadd_ps(_mm256_mul_ps(b.mf, _mm256_set1_ps(H(b.dmin16))), MinsFactor(bx[i]), accm);
   }
   return Hsum256(_mm256_sub_ps(acc, accm));
 }
@@ -307,7 +322,8 @@ float DotQ6_K(const void* w, const void* x, int64_t n) {
 // see docs/PERFORMANCE.md. A zmm Q4_K (two sub-blocks per register) was 12 % slower: these
 // kernels are bound by the vector pipes of Zen 4, which splits zmm work into ymm halves.
 template <bool kFive, int NT>
-void DotQ45_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
+void DotQ45_KBatch(const void* w, const void* const* x, const Floats8* const* mins, int64_t n,
+                   float* out) {
   constexpr int kBias = 1 << 14;
   const auto* w8 = static_cast<const uint8_t*>(w);
   const int64_t bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
@@ -318,7 +334,8 @@ void DotQ45_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
   const __m256i bias = _mm256_set1_epi32(kBias);
   for (int64_t i = 0; i < n / kQKK; ++i) {
     Q45Block<kFive> b(w8 + i * bytes);
-    const __m256 dw = _mm256_set1_ps(H(b.d16)), dmw = _mm256_set1_ps(H(b.dmin16));
+    const __m256 dw = _mm256_set1_ps(H(b.d16));
+    const __m256 mw = _mm256_mul_ps(b.mf, _mm256_set1_ps(H(b.dmin16)));
     const __m256i unbias = _mm256_set1_epi32(-kBias * b.even_scale_sum);
     __m256i isum[NT];
     for (int j = 0; j < NT; ++j) isum[j] = unbias;
@@ -337,10 +354,9 @@ void DotQ45_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
       }
     }
     for (int j = 0; j < NT; ++j) {
-      const __m256i msum = _mm256_madd_epi16(Load256(bx[j][i].bsums), b.mv);
       const __m256 dx = _mm256_broadcast_ss(&bx[j][i].d);
       acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dx, dw), acc[j]);
-      accm[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dx, dmw), accm[j]);
+      accm[j] = _mm256_fmadd_ps(mw, _mm256_load_ps(mins[j][i].v), accm[j]);
     }
   }
   for (int j = 0; j < NT; ++j) out[j] = Hsum256(_mm256_sub_ps(acc[j], accm[j]));
@@ -497,6 +513,43 @@ void Q8_0BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* 
   }
 }
 
+template <bool kFive, int NT>
+void Q45Rows(int nt, const uint8_t* w, int64_t row_bytes, int64_t rows, const void* const* x,
+             const Floats8* const* mins, int64_t n, float* out, int64_t stride) {
+  if constexpr (NT > 0) {
+    if (nt == NT) {
+      for (int64_t r = 0; r < rows; ++r) {
+        float o[NT];
+        DotQ45_KBatch<kFive, NT>(w + r * row_bytes, x, mins, n, o);
+        for (int j = 0; j < NT; ++j) out[j * stride + r] = o[j];
+      }
+      return;
+    }
+    Q45Rows<kFive, NT - 1>(nt, w, row_bytes, rows, x, mins, n, out, stride);
+  }
+}
+
+// The VecDotBatchFn of Q4_K and Q5_K: each token's mins factors (MinsFactor) once for all
+// the rows of the call.
+template <bool kFive>
+void Q45BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
+                   int64_t n, float* out, int64_t stride) {
+  const int64_t nb = n / kQKK;
+  thread_local std::vector<Floats8> prep;  // grown once per thread, as in Q8_0BatchEntry
+  for (int j0 = 0; j0 < n_x; j0 += kVecDotBatch) {
+    const int nt = std::min(kVecDotBatch, n_x - j0);
+    if (prep.size() < static_cast<size_t>(nt * nb)) prep.resize(nt * nb);
+    const Floats8* mins[kVecDotBatch];
+    for (int j = 0; j < nt; ++j) {
+      const auto* bx = static_cast<const BlockQ8_K*>(x[j0 + j]);
+      for (int64_t i = 0; i < nb; ++i) _mm256_store_ps(prep[j * nb + i].v, MinsFactor(bx[i]));
+      mins[j] = prep.data() + j * nb;
+    }
+    Q45Rows<kFive, kVecDotBatch>(nt, static_cast<const uint8_t*>(w), row_bytes, rows, x + j0, mins,
+                                 n, out + j0 * stride, stride);
+  }
+}
+
 // The VecDotBatchFn entry of the kernels that read the activation rows as they are:
 // groups of kVecDotBatch tokens, the rest by a narrower instantiation (every
 // instantiation gives each token the same bits), each group over all the rows.
@@ -520,18 +573,6 @@ void BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* cons
     }
   }
 }
-template <int NT>
-struct Q4_KBatch {
-  static void Run(const void* w, const void* const* x, int64_t n, float* out) {
-    DotQ45_KBatch<false, NT>(w, x, n, out);
-  }
-};
-template <int NT>
-struct Q5_KBatch {
-  static void Run(const void* w, const void* const* x, int64_t n, float* out) {
-    DotQ45_KBatch<true, NT>(w, x, n, out);
-  }
-};
 template <int NT>
 struct Q6_KBatch {
   static void Run(const void* w, const void* const* x, int64_t n, float* out) {
@@ -675,9 +716,9 @@ VecDotFn Avx512VecDot(GgmlType weight) {
 VecDotBatchFn Avx512VecDotBatch(GgmlType weight) {
   switch (weight) {
     case GgmlType::kQ4_K:
-      return BatchEntry<Q4_KBatch>;
+      return Q45BatchEntry<false>;
     case GgmlType::kQ5_K:
-      return BatchEntry<Q5_KBatch>;
+      return Q45BatchEntry<true>;
     case GgmlType::kQ8_0:
       return Q8_0BatchEntry;
     case GgmlType::kQ6_K:
