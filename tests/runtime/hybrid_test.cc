@@ -15,6 +15,7 @@
 #include "moex/sim.h"
 #include "moex/trace.h"
 #include "runtime/core/ini.h"
+#include "runtime/core/status_macros.h"
 #include "tests/test_util.h"
 
 namespace moex {
@@ -282,6 +283,119 @@ TEST(HybridMoeTest, GpuOnlyNeedsRoomForEveryExpert) {
   EXPECT_EQ((*h)->prefetch(), PrefetchMode::kImpact);
   EXPECT_TRUE(ParseMoePolicy("hybrid").ok());
   EXPECT_THAT(std::string(ParseMoePolicy("gpu").status().message()), HasSubstr("static-layers"));
+}
+
+// A device that is lost mid-run (a GPU that falls off the bus, a CUDA error that poisons
+// the context): after `healthy` operations every copy, launch and synchronisation fails.
+class LostDevice final : public Device {
+ public:
+  LostDevice(std::unique_ptr<Device> inner, int healthy)
+      : inner_(std::move(inner)), left_(healthy) {}
+  DeviceKind kind() const override { return inner_->kind(); }
+  std::string name() const override { return inner_->name(); }
+  absl::StatusOr<DeviceAlloc> Allocate(int64_t bytes, std::string_view what) override {
+    return inner_->Allocate(bytes, what);
+  }
+  void Free(DeviceAlloc& a) override { inner_->Free(a); }
+  MemoryInfo memory() const override { return inner_->memory(); }
+  absl::StatusOr<void*> AllocatePinned(int64_t bytes) override {
+    return inner_->AllocatePinned(bytes);
+  }
+  void FreePinned(void* p) override { inner_->FreePinned(p); }
+  absl::StatusOr<StreamId> CreateStream() override { return inner_->CreateStream(); }
+  absl::Status CopyToDevice(StreamId s, void* d, const void* src, int64_t n) override {
+    MOEX_RETURN_IF_ERROR(Tick());
+    return inner_->CopyToDevice(s, d, src, n);
+  }
+  absl::Status CopyToHost(StreamId s, void* d, const void* src, int64_t n) override {
+    MOEX_RETURN_IF_ERROR(Tick());
+    return inner_->CopyToHost(s, d, src, n);
+  }
+  absl::Status Launch(StreamId s, const WorkCost& c,
+                      const std::function<absl::Status(void*)>& fn) override {
+    MOEX_RETURN_IF_ERROR(Tick());
+    return inner_->Launch(s, c, fn);
+  }
+  absl::StatusOr<Event> Record(StreamId s) override {
+    MOEX_RETURN_IF_ERROR(Tick());
+    return inner_->Record(s);
+  }
+  absl::Status Wait(StreamId s, const Event& e) override {
+    MOEX_RETURN_IF_ERROR(Tick());
+    return inner_->Wait(s, e);
+  }
+  absl::StatusOr<double> Synchronize() override {
+    MOEX_RETURN_IF_ERROR(Tick());
+    return inner_->Synchronize();
+  }
+  double StreamTime(StreamId s) const override { return inner_->StreamTime(s); }
+  int failures() const { return failures_; }
+
+ private:
+  absl::Status Tick() {
+    if (left_ > 0) {
+      --left_;
+      return absl::OkStatus();
+    }
+    ++failures_;
+    return absl::UnavailableError("t-gpu: device lost (injected)");
+  }
+  std::unique_ptr<Device> inner_;
+  int left_;
+  int failures_ = 0;
+};
+
+// A device lost in the middle of a decode: the layer that meets it returns the device's
+// error (no crash, no hang), and so does every later call, at once.
+TEST(HybridMoeTest, ALostDeviceIsAnErrorNotAHang) {
+  for (int healthy : {0, 3, 10, 40}) {
+    SCOPED_TRACE(healthy);
+    auto sim = CreateSimDevice(SimDeviceOptions{Gpu(), Cpu(), 0});
+    ASSERT_TRUE(sim.ok());
+    LostDevice dev(std::move(*sim), healthy);
+    HybridMoeOptions o;
+    o.policy = MoePolicy::kLruOnDemand;  // copies on every miss: the device is busy
+    o.num_layers = 2;
+    o.num_experts = 8;
+    o.top_k = 2;
+    o.hidden = 256;
+    o.slot_budget = 4;
+    auto h = HybridMoe::Create(o, Cost(), &dev);
+    if (!h.ok()) {  // lost before the executor could set up its streams
+      EXPECT_EQ(h.status().code(), absl::StatusCode::kUnavailable) << h.status();
+      continue;
+    }
+    absl::Status st;
+    for (int step = 0; step < 8 && st.ok(); ++step) {
+      (*h)->BeginStep(step, 1);
+      for (int32_t layer = 0; layer < 2 && st.ok(); ++layer) {
+        st = (*h)->RunDense(WorkCost{1e6, 0}, nullptr);
+        if (!st.ok()) break;
+        const int32_t experts[] = {static_cast<int32_t>((step + layer) % 8),
+                                   static_cast<int32_t>((step + 3) % 8)};
+        HybridMoe::LayerInput in;
+        in.layer = layer;
+        in.tokens = 1;
+        in.k = 2;
+        in.experts = experts;
+        st = (*h)->RunMoe(in, [&](int32_t, bool) { return absl::OkStatus(); });
+      }
+    }
+    ASSERT_FALSE(st.ok()) << "8 steps ran on a device lost after " << healthy << " operations";
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("device lost"));
+    // Later calls fail too, and return.
+    (*h)->BeginStep(100, 1);
+    const int32_t experts[] = {1, 2};
+    HybridMoe::LayerInput in;
+    in.tokens = 1;
+    in.k = 2;
+    in.experts = experts;
+    const absl::Status again = (*h)->RunMoe(in, [](int32_t, bool) { return absl::OkStatus(); });
+    EXPECT_FALSE(again.ok());
+    EXPECT_FALSE((*h)->Synchronize().ok());
+    EXPECT_GT(dev.failures(), 0);
+  }
 }
 
 TEST(IniTest, SectionsEntriesAndErrors) {
