@@ -267,6 +267,11 @@ inline void Q6Half(const BlockQ6_K& b, int h, __m256i sc16, __m512i* q0, __m512i
                                        : _mm256_extracti128_si256(sc16, 1));
 }
 
+// -32 x the sixteen int16 scales of a Q6_K block.
+__m256i NegScales32(__m256i sc16) {
+  return _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
+}
+
 // Q6_K, per half of 128 values: the low nibbles of ql[64h..64h+63] are values 0..63 and
 // the high nibbles 64..127 (in order), with qh[32h + l]'s bit pairs 0/1 (values 0..63,
 // low/high 256 bits) and 2/3 (values 64..127) on top.
@@ -278,9 +283,10 @@ float DotQ6_K(const void* w, const void* x, int64_t n) {
   for (int64_t i = 0; i < n / kQKK; ++i) {
     const __m256i sc16 =
         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bw[i].scales)));
-    const __m256i corr = _mm256_madd_epi16(Load256(bx[i].bsums), sc16);
-    __m512i isum = _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5));
-    isum = _mm512_sub_epi32(_mm512_setzero_si512(), isum);
+    // The codes' +32 offset: -32 * sum(scale * bsum), with the -32 folded into the int16
+    // scales (|32 * scale| <= 4096) so that one vpmaddwd gives the start value.
+    __m512i isum =
+        _mm512_zextsi256_si512(_mm256_madd_epi16(Load256(bx[i].bsums), NegScales32(sc16)));
     for (int h = 0; h < 2; ++h) {
       __m512i q0, q1, scb;
       Q6Half(bw[i], h, sc16, &q0, &q1, &scb);
@@ -376,11 +382,10 @@ void DotQ6_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
     const float dw = H(b.d);
     const __m256i sc16 =
         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
+    const __m256i nsc = NegScales32(sc16);  // as in DotQ6_K
     __m512i isum[NT];
     for (int j = 0; j < NT; ++j) {
-      const __m256i corr = _mm256_madd_epi16(Load256(bx[j][i].bsums), sc16);
-      isum[j] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                 _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
+      isum[j] = _mm512_zextsi256_si512(_mm256_madd_epi16(Load256(bx[j][i].bsums), nsc));
     }
     for (int h = 0; h < 2; ++h) {
       __m512i q0, q1, scb;
