@@ -9,6 +9,7 @@
 #include "kernels_cpu/parallel.h"
 #include "kernels_cpu/vec_dot.h"
 #include "tbb/blocked_range.h"
+#include "tbb/task_arena.h"
 
 namespace moex::kcpu {
 
@@ -87,6 +88,7 @@ struct Plan {
   Path path = Path::kRows;
   VecDotFn vdot = nullptr;
   VecDotBatchFn vbatch = nullptr;  // kVecDot: several tokens per weight block, or null
+  int64_t batch_scratch = 0;       // bytes vbatch needs (VecDotBatchScratchBytes)
   FloatDotFn fdot = nullptr;
   int64_t row_bytes = 0;
   int64_t x_bytes = 0;  // kVecDot: one quantised activation row
@@ -118,13 +120,24 @@ struct Workspace {
   std::vector<int64_t> first_row;  // prefix sums of sources' n_rows
   std::vector<Chunk> chunks;
   std::vector<uint8_t> xq;
+  // The batched kernels' scratch, one 64-byte-aligned stride per slot of the arena (a
+  // chunk takes its thread's), grown on the calling thread before the parallel region, so
+  // that no worker allocates.
+  std::vector<uint8_t> batch_scratch;
+  int64_t batch_stride = 0;
+  uint8_t* BatchScratch(int slot) {
+    auto base = reinterpret_cast<uintptr_t>(batch_scratch.data());
+    base = (base + 63) & ~uintptr_t{63};
+    return reinterpret_cast<uint8_t*>(base) + slot * batch_stride;
+  }
 };
 
 int64_t XRow(const MatMulTask& t, int64_t tok) { return t.x_rows ? t.x_rows[tok] : tok; }
 
 // Outputs of rows [b, e) of task t for all its tokens. Calls nothing that can run other
 // TBB work, so the thread_local row below cannot be taken by a nested call.
-void RunChunk(const MatMulTask& t, const Plan& p, const uint8_t* xq, int64_t b, int64_t e) {
+void RunChunk(const MatMulTask& t, const Plan& p, const uint8_t* xq, int64_t b, int64_t e,
+              void* scratch) {
   const auto* wb = static_cast<const uint8_t*>(t.w);
   switch (p.path) {
     case Path::kVecDot:
@@ -139,7 +152,7 @@ void RunChunk(const MatMulTask& t, const Plan& p, const uint8_t* xq, int64_t b, 
           const void* xs[kVecDotBatch];
           for (int j = 0; j < nt; ++j) xs[j] = xq + XRow(t, t0 + j) * p.x_bytes;
           p.vbatch(wb + b * p.row_bytes, p.row_bytes, e - b, xs, nt, t.cols, t.y + t0 * t.rows + b,
-                   t.rows);
+                   t.rows, scratch);
         }
         return;
       }
@@ -196,6 +209,7 @@ Plan PlanTask(const MatMulTask& t, const IsaLevel* level) {
     p.path = Path::kVecDot;
     p.vdot = level ? GetVecDot(t.type, *level) : GetVecDot(t.type);
     p.vbatch = level ? GetVecDotBatch(t.type, *level) : GetVecDotBatch(t.type);
+    if (p.vbatch != nullptr) p.batch_scratch = VecDotBatchScratchBytes(t.type, t.cols);
     p.x_bytes = RowBytes(GetTypeTraits(act), t.cols);
     // Tasks of about 32 KiB of weights: a decode step's expert matrices (~0.3-1 MB) still
     // split into a dozen or more tasks per core, while each task streams long enough for
@@ -273,6 +287,14 @@ void MatMulManyImpl(std::span<const MatMulTask> tasks, const IsaLevel* level) {
   }
   if (ws.xq.size() < static_cast<size_t>(xq_bytes)) ws.xq.resize(xq_bytes);
   uint8_t* xq = ws.xq.data();
+  int64_t scratch = 0;
+  for (const Plan& p : ws.plans) scratch = std::max(scratch, p.batch_scratch);
+  const int slots = std::max(1, tbb::this_task_arena::max_concurrency());
+  if (scratch > 0) {
+    ws.batch_stride = (scratch + 63) / 64 * 64;
+    const size_t need = static_cast<size_t>(slots * ws.batch_stride + 64);
+    if (ws.batch_scratch.size() < need) ws.batch_scratch.resize(need);
+  }
   auto quantize = [&](int64_t r) {
     const int64_t s =
         std::upper_bound(ws.first_row.begin(), ws.first_row.end(), r) - ws.first_row.begin() - 1;
@@ -299,7 +321,12 @@ void MatMulManyImpl(std::span<const MatMulTask> tasks, const IsaLevel* level) {
       const Chunk& ch = ws.chunks[c];
       const Plan& p = ws.plans[ch.task];
       const uint8_t* txq = p.source >= 0 ? xq + ws.sources[p.source].offset : nullptr;
-      RunChunk(tasks[ch.task], p, txq, ch.begin, ch.end);
+      void* scr = nullptr;
+      if (p.batch_scratch > 0) {
+        // TBB numbers the threads of a region's arena 0 .. max_concurrency - 1.
+        scr = ws.BatchScratch(tbb::this_task_arena::current_thread_index());
+      }
+      RunChunk(tasks[ch.task], p, txq, ch.begin, ch.end, scr);
     }
   };
   ParallelFor(tbb::blocked_range<size_t>(0, ws.chunks.size(), 1), run);

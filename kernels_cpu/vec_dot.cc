@@ -84,6 +84,16 @@ VecDotBatchFn GetVecDotBatch(GgmlType weight) {
   return table[id].load(std::memory_order_relaxed);
 }
 
+int64_t VecDotBatchScratchBytes(GgmlType weight, int64_t n) {
+#if defined(__x86_64__)
+  return vd::Avx512VecDotBatchScratch(weight, n);
+#else
+  (void)weight;
+  (void)n;
+  return 0;
+#endif
+}
+
 FloatDotFn GetFloatDot(GgmlType weight, IsaLevel level) {
 #if defined(__x86_64__)
   if (level == IsaLevel::kAvx512) return vd::Avx512FloatDot(weight);

@@ -50,8 +50,10 @@ VecDotFn GetVecDot(GgmlType weight);
 // token, and a kernel may lay the tokens' rows out anew once for all the rows of the call
 // (Q8_0 does); each token's result keeps the vec_dot's own integers and float
 // operations, so it does not depend on how tokens or rows are grouped.
+// `scratch` (32-byte aligned, VecDotBatchScratchBytes(weight, n) bytes; null when that is
+// 0) is the kernel's to use during the call: callers own it, so a call allocates nothing.
 using VecDotBatchFn = void (*)(const void* w, int64_t row_bytes, int64_t rows, const void* const* x,
-                               int n_x, int64_t n, float* out, int64_t out_stride);
+                               int n_x, int64_t n, float* out, int64_t out_stride, void* scratch);
 // Tokens per pass over a weight block (8: 8-17 % faster than 4 or 6 in BM_PrefillGemm;
 // the Q4_K kernel's 24 accumulators then fill most of the 32 vector registers).
 constexpr int kVecDotBatch = 8;
@@ -63,6 +65,9 @@ VecDotBatchFn GetVecDotBatch(GgmlType weight, IsaLevel level);
 
 // GetVecDotBatch at BestIsaLevel() (the level GetVecDot(weight) uses), resolved once.
 VecDotBatchFn GetVecDotBatch(GgmlType weight);
+
+// The scratch a batched kernel of `weight` needs for rows of n values (0: none).
+int64_t VecDotBatchScratchBytes(GgmlType weight, int64_t n);
 
 // sum_i W[i] * x[i] for an F16 or BF16 weight row and F32 x (n any length): these formats
 // need no activation quantisation, only a widening of the weights in registers.

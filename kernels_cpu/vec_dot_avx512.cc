@@ -17,7 +17,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "kernels_cpu/vec_dot_internal.h"
 
@@ -500,18 +499,15 @@ void Q8_0PreparedDispatch(int nt, const uint8_t* w, int64_t row_bytes, int64_t r
 
 // The VecDotBatchFn of Q8_0: the tokens are prepared once for all the rows of the call.
 void Q8_0BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
-                    int64_t n, float* out, int64_t stride) {
+                    int64_t n, float* out, int64_t stride, void* scratch) {
   const int64_t nb = n / kQK, ng = (nb + 7) / 8;
-  // Grown once per thread (no allocation per call); the kernels call nothing that could
-  // run other work on this thread while it is in use.
-  thread_local std::vector<Q8Prepared> prep;
+  auto* prep = static_cast<Q8Prepared*>(scratch);  // kVecDotBatch tokens' worth
   for (int j0 = 0; j0 < n_x; j0 += kVecDotBatch) {
     const int nt = std::min(kVecDotBatch, n_x - j0);
-    if (prep.size() < static_cast<size_t>(nt * ng)) prep.resize(nt * ng);
     const Q8Prepared* px[kVecDotBatch];
     for (int j = 0; j < nt; ++j) {
-      PrepareQ8_0(static_cast<const BlockQ8_0*>(x[j0 + j]), nb, prep.data() + j * ng);
-      px[j] = prep.data() + j * ng;
+      PrepareQ8_0(static_cast<const BlockQ8_0*>(x[j0 + j]), nb, prep + j * ng);
+      px[j] = prep + j * ng;
     }
     Q8_0PreparedDispatch<kVecDotBatch>(nt, static_cast<const uint8_t*>(w), row_bytes, rows, px, nb,
                                        out + j0 * stride, stride);
@@ -538,17 +534,16 @@ void Q45Rows(int nt, const uint8_t* w, int64_t row_bytes, int64_t rows, const vo
 // the rows of the call.
 template <bool kFive>
 void Q45BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
-                   int64_t n, float* out, int64_t stride) {
+                   int64_t n, float* out, int64_t stride, void* scratch) {
   const int64_t nb = n / kQKK;
-  thread_local std::vector<Floats8> prep;  // grown once per thread, as in Q8_0BatchEntry
+  auto* prep = static_cast<Floats8*>(scratch);  // kVecDotBatch tokens' worth
   for (int j0 = 0; j0 < n_x; j0 += kVecDotBatch) {
     const int nt = std::min(kVecDotBatch, n_x - j0);
-    if (prep.size() < static_cast<size_t>(nt * nb)) prep.resize(nt * nb);
     const Floats8* mins[kVecDotBatch];
     for (int j = 0; j < nt; ++j) {
       const auto* bx = static_cast<const BlockQ8_K*>(x[j0 + j]);
       for (int64_t i = 0; i < nb; ++i) _mm256_store_ps(prep[j * nb + i].v, MinsFactor(bx[i]));
-      mins[j] = prep.data() + j * nb;
+      mins[j] = prep + j * nb;
     }
     Q45Rows<kFive, kVecDotBatch>(nt, static_cast<const uint8_t*>(w), row_bytes, rows, x + j0, mins,
                                  n, out + j0 * stride, stride);
@@ -567,7 +562,7 @@ void BatchRest(const void* w, const void* const* x, int n_x, int64_t n, float* o
 }
 template <template <int> class K>
 void BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
-                int64_t n, float* out, int64_t stride) {
+                int64_t n, float* out, int64_t stride, void* /*scratch*/) {
   const auto* w8 = static_cast<const uint8_t*>(w);
   for (int j0 = 0; j0 < n_x; j0 += kVecDotBatch) {
     const int nt = std::min(kVecDotBatch, n_x - j0);
@@ -730,6 +725,18 @@ VecDotBatchFn Avx512VecDotBatch(GgmlType weight) {
       return BatchEntry<Q6_KBatch>;
     default:
       return nullptr;
+  }
+}
+
+int64_t Avx512VecDotBatchScratch(GgmlType weight, int64_t n) {
+  switch (weight) {
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+      return kVecDotBatch * (n / kQKK) * static_cast<int64_t>(sizeof(Floats8));
+    case GgmlType::kQ8_0:
+      return kVecDotBatch * ((n / kQK + 7) / 8) * static_cast<int64_t>(sizeof(Q8Prepared));
+    default:
+      return 0;
   }
 }
 

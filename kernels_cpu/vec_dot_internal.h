@@ -54,6 +54,7 @@ VecDotFn Avx512VecDot(GgmlType weight);
 // Batched kernels matching Avx512VecDot's (vec_dot.h, VecDotBatchFn); nullptr for types
 // without one.
 VecDotBatchFn Avx512VecDotBatch(GgmlType weight);
+int64_t Avx512VecDotBatchScratch(GgmlType weight, int64_t n);
 
 // F16/BF16 x F32 dots; nullptr for other types.
 FloatDotFn Avx2FloatDot(GgmlType weight);

@@ -64,6 +64,11 @@ std::vector<uint8_t> RandomActivations(GgmlType act, int64_t tokens, int64_t n, 
   return xq;
 }
 
+// A batched kernel's scratch must be 32-byte aligned.
+void* Align32(float* p) {
+  return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(p) + 31) & ~uintptr_t{31});
+}
+
 // Every integer type: those without a batched kernel must say so (nullptr) rather than
 // return a kernel of another type.
 TEST(VecDotBatchTest, AvailableExactlyWhereExpected) {
@@ -112,7 +117,9 @@ TEST(VecDotBatchTest, EqualsOneTokenKernelBitForBit) {
               std::vector<const void*> xs(nx);
               for (int j = 0; j < nx; ++j) xs[j] = xq.data() + ((j * 7) % nx) * xb;
               std::vector<float> out(nx * kStride, std::numeric_limits<float>::quiet_NaN());
-              batch(w.data(), wb, kRows, xs.data(), nx, n, out.data(), kStride);
+              std::vector<float> scratch(VecDotBatchScratchBytes(wt, n) / 4 + 8);
+              batch(w.data(), wb, kRows, xs.data(), nx, n, out.data(), kStride,
+                    Align32(scratch.data()));
               for (int j = 0; j < nx; ++j) {
                 for (int64_t r = 0; r < kStride; ++r) {
                   const float got = out[j * kStride + r];
@@ -162,7 +169,9 @@ TEST(VecDotBatchTest, ExtremeCodesBitForBit) {
         const void* xs[5];
         for (int t = 0; t < 5; ++t) xs[t] = xq.data() + t * xb;
         float out[5];
-        batch(w.data(), static_cast<int64_t>(w.size()), 1, xs, 5, n, out, 1);
+        std::vector<float> scratch(VecDotBatchScratchBytes(wt, n) / 4 + 8);
+        batch(w.data(), static_cast<int64_t>(w.size()), 1, xs, 5, n, out, 1,
+              Align32(scratch.data()));
         for (int t = 0; t < 5; ++t) {
           EXPECT_TRUE(SameBits(out[t], GetVecDot(wt, level)(w.data(), xs[t], n)))
               << GetTypeTraits(wt).name << " fill=" << int{fill} << " token " << t;
