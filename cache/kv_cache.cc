@@ -272,11 +272,9 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
   // are allocated per call instead, so no worker keeps that much for the session.
   thread_local std::vector<float> row, tls_scores;
   thread_local std::vector<int64_t> visible;
-  thread_local std::vector<const float*> queries;
   std::vector<float> big_scores;
   if (row.size() < static_cast<size_t>(hd)) row.resize(hd);
   if (visible.size() < static_cast<size_t>(tile)) visible.resize(tile);
-  if (queries.size() < static_cast<size_t>(tile * group)) queries.resize(tile * group);
   const size_t n_scores = static_cast<size_t>(tile * group * m);
   std::vector<float>& score_buf = n_scores <= (size_t{1} << 20) ? tls_scores : big_scores;
   if (score_buf.size() < n_scores) score_buf.resize(n_scores);
@@ -291,19 +289,15 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
       visible[t] = std::upper_bound(s.pos.begin(), s.pos.end(), pos0 + t0 + t) - s.pos.begin();
       max_visible = std::max(max_visible, visible[t]);
     }
-    // The tile's queries, query (t, g) at index t * group + g, as its score rows are.
-    for (int64_t t = 0; t < nt; ++t) {
-      for (int64_t g = 0; g < group; ++g) {
-        queries[t * group + g] = q + (t0 + t) * q_stride + (kvh * group + g) * hd;
-      }
-    }
-    // visible[] grows with t, so the queries that see row i are those from t_first on.
-    int64_t t_first = 0;
     for (int64_t i = 0; i < max_visible; ++i) {
-      while (visible[t_first] <= i) ++t_first;
       const float* k = ReadRow(s, true, i, row.data());
-      kcpu::DotMany(k, queries.data() + t_first * group, (nt - t_first) * group, hd, scale,
-                    scores + t_first * group * m + i, m);
+      for (int64_t t = 0; t < nt; ++t) {
+        if (i >= visible[t]) continue;
+        for (int64_t g = 0; g < group; ++g) {
+          const float* qh = q + (t0 + t) * q_stride + (kvh * group + g) * hd;
+          scores[(t * group + g) * m + i] = kcpu::Dot(qh, k, hd) * scale;
+        }
+      }
     }
     for (int64_t t = 0; t < nt; ++t) {
       for (int64_t g = 0; g < group; ++g) {

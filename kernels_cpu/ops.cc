@@ -13,53 +13,22 @@
 
 namespace moex::kcpu {
 
-namespace {
-
-// Dot's partial sums and their reduction, shared with DotMany so that both give the same
-// bits: 64 partial sums (four 16-wide or eight 8-wide vector registers, so four
-// independent FMA chains hide the FMA latency; one chain would run at a quarter of the
-// core's speed), then halved pairwise down to one.
-constexpr int kDotLanes = 64;
-
-inline float DotTail(float* acc, const float* a, const float* b, int64_t i, int64_t n) {
+float Dot(const float* a, const float* b, int64_t n) {
+  // 64 partial sums: the compiler keeps them in four 16-wide (or eight 8-wide) vector
+  // registers, so four independent FMA chains hide the FMA latency. One chain would run
+  // at a quarter of the core's speed.
+  constexpr int kLanes = 64;
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
   float s = 0;
   for (; i < n; ++i) s += a[i] * b[i];
-  for (int w = kDotLanes / 2; w > 0; w /= 2) {
+  for (int w = kLanes / 2; w > 0; w /= 2) {
     for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
   }
   return s + acc[0];
-}
-
-}  // namespace
-
-float Dot(const float* a, const float* b, int64_t n) {
-  float acc[kDotLanes] = {};
-  int64_t i = 0;
-  for (; i + kDotLanes <= n; i += kDotLanes) {
-    for (int j = 0; j < kDotLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  return DotTail(acc, a, b, i, n);
-}
-
-void DotMany(const float* b, const float* const* a, int64_t n_a, int64_t n, float scale, float* out,
-             int64_t out_stride) {
-  // Four rows of `a` per pass: b's 64 values are loaded once for the four, and four sets
-  // of partial sums (16 vector registers at AVX-512) stay in registers.
-  constexpr int kRows = 4;
-  int64_t r = 0;
-  for (; r + kRows <= n_a; r += kRows) {
-    float acc[kRows][kDotLanes] = {};
-    int64_t i = 0;
-    for (; i + kDotLanes <= n; i += kDotLanes) {
-      for (int q = 0; q < kRows; ++q) {
-        for (int j = 0; j < kDotLanes; ++j) acc[q][j] += a[r + q][i + j] * b[i + j];
-      }
-    }
-    for (int q = 0; q < kRows; ++q) {
-      out[(r + q) * out_stride] = DotTail(acc[q], a[r + q], b, i, n) * scale;
-    }
-  }
-  for (; r < n_a; ++r) out[r * out_stride] = Dot(a[r], b, n) * scale;
 }
 
 namespace {

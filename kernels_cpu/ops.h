@@ -78,11 +78,6 @@ void Axpy(float a, const float* x, float* y, int64_t n);
 
 float Dot(const float* a, const float* b, int64_t n);
 
-// out[r * out_stride] = Dot(a[r], b, n) * scale for r < n_a, bit for bit, with b read once
-// per group of rows (attention: one cached key against a tile's queries).
-void DotMany(const float* b, const float* const* a, int64_t n_a, int64_t n, float scale, float* out,
-             int64_t out_stride);
-
 }  // namespace moex::kcpu
 
 #endif  // MOEX_KERNELS_CPU_OPS_H_

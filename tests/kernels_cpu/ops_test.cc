@@ -3,7 +3,6 @@
 #include "kernels_cpu/ops.h"
 
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -65,34 +64,6 @@ TEST_P(MatMulTest, EqualsDequantisedNaiveProduct) {
 INSTANTIATE_TEST_SUITE_P(Types, MatMulTest,
                          ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16),
                          [](const auto& info) { return GetTypeTraits(info.param).name; });
-
-// DotMany (attention's scores: one key against a tile's queries) gives Dot's bits for
-// every row, at lengths around the 64-lane blocks, with outputs strided and the gaps
-// left alone.
-TEST(DotManyTest, EqualsDotBitForBit) {
-  const uint64_t seed = FreshSeed();
-  SCOPED_TRACE(seed);
-  std::mt19937_64 rng(seed);
-  for (int64_t n : {1, 7, 63, 64, 65, 128, 200, 257}) {
-    for (int64_t rows : {1, 3, 4, 5, 9, 17}) {
-      SCOPED_TRACE(::testing::Message() << "n=" << n << " rows=" << rows);
-      const std::vector<float> b = Random(rng, n);
-      const std::vector<float> a = Random(rng, rows * n + 3, 3.0f);
-      std::vector<const float*> ap(rows);
-      for (int64_t r = 0; r < rows; ++r) ap[r] = a.data() + ((r * 5) % rows) * n + r % 3;
-      constexpr int64_t kStride = 3;
-      std::vector<float> out(rows * kStride, kNaN);
-      const float scale = 0.0883883f;
-      DotMany(b.data(), ap.data(), rows, n, scale, out.data(), kStride);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float want = Dot(ap[r], b.data(), n) * scale;
-        EXPECT_EQ(std::memcmp(&out[r * kStride], &want, sizeof(float)), 0)
-            << "row " << r << ": " << out[r * kStride] << " vs " << want;
-        EXPECT_TRUE(std::isnan(out[r * kStride + 1]) && std::isnan(out[r * kStride + 2]));
-      }
-    }
-  }
-}
 
 TEST(RmsNormTest, UnitRootMeanSquareTimesWeight) {
   std::mt19937_64 rng(FreshSeed());
