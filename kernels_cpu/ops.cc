@@ -178,7 +178,10 @@ Plan PlanTask(const MatMulTask& t, const IsaLevel* level) {
     p.path = Path::kVecDot;
     p.vdot = level ? GetVecDot(t.type, *level) : GetVecDot(t.type);
     p.vbatch = level ? GetVecDotBatch(t.type, *level) : GetVecDotBatch(t.type);
-    if (p.vbatch != nullptr) p.batch_scratch = VecDotBatchScratchBytes(t.type, t.cols);
+    // Only a call that takes the batched path (RunChunk) needs its scratch.
+    if (p.vbatch != nullptr && t.n_tokens >= 2) {
+      p.batch_scratch = VecDotBatchScratchBytes(t.type, t.cols);
+    }
     p.x_bytes = RowBytes(GetTypeTraits(act), t.cols);
     // Tasks of about 32 KiB of weights: a decode step's expert matrices (~0.3-1 MB) still
     // split into a dozen or more tasks per core, while each task streams long enough for
