@@ -17,6 +17,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels_cpu/vec_dot_internal.h"
 
@@ -161,12 +162,11 @@ __m256 MinsFactor(const BlockQ8_K& bx) {
 
 // One Q4_K/Q5_K super-block as both the one-token and the batched kernel read it: its two
 // f16 factors, its eight 6-bit scales as int16 in both 128-bit lanes (scb), its eight mins
-// in both int16 halves of every int32 lane (mv, against the activation's bsums), and its
-// codes a quarter at a time.
+// as floats (mf), and its codes a quarter at a time.
 template <bool kFive>
 struct Q45Block {
   uint16_t d16, dmin16;
-  __m256i scb, mv;
+  __m256i scb;
   __m256i hb;  // Q5_K: the fifth bits still to hand out (two per quarter)
   const uint8_t* qs;
   int even_scale_sum;  // s[0] + s[2] + s[4] + s[6] (the batched kernel's bias correction)
@@ -180,9 +180,7 @@ struct Q45Block {
     // Bytes 0, 2, 4, 6 summed into the top 16 bits by one multiply (each sum <= 4 * 63).
     even_scale_sum =
         static_cast<int>(((sc8 & 0x00FF00FF00FF00FFull) * 0x0001000100010001ull) >> 48);
-    const __m256i m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
-    mf = _mm256_cvtepi32_ps(m32);
-    mv = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
+    mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8))));
     scb = _mm256_broadcastsi128_si256(
         _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
     hb = kFive ? Load256(blk + 16) : _mm256_setzero_si256();
@@ -478,26 +476,35 @@ void DotQ8_0Prepared(const BlockQ8_0* bw, const Q8Prepared* const* px, int64_t n
   for (int j = 0; j < NT; ++j) out[j] = Hsum256(acc[j]);
 }
 
-template <int NT>
-void Q8_0PreparedRows(const uint8_t* w, int64_t row_bytes, int64_t rows,
-                      const Q8Prepared* const* px, int64_t nb, float* out, int64_t stride) {
+// ---- the VecDotBatchFn entries -------------------------------------------------------
+//
+// Each runs the call's tokens in groups of kVecDotBatch, the last group through a narrower
+// instantiation (every instantiation gives each token the same bits), each group over all
+// the rows; the Q8_0 and Q4_K/Q5_K entries first prepare the group's tokens in `scratch`.
+
+// f(std::integral_constant<int, NT>{}) for the NT (1..kVecDotBatch) that equals nt.
+template <int NT = kVecDotBatch, typename F>
+void WithTokens(int nt, const F& f) {
+  if constexpr (NT > 0) {
+    if (nt == NT) return f(std::integral_constant<int, NT>{});
+    WithTokens<NT - 1>(nt, f);
+  }
+}
+
+// dot(row, o) (o: NT results) for each of `rows` weight rows; result j of row r goes to
+// out[j * stride + r].
+template <int NT, typename Dot>
+void EachRow(const void* w, int64_t row_bytes, int64_t rows, float* out, int64_t stride,
+             const Dot& dot) {
+  const auto* w8 = static_cast<const uint8_t*>(w);
   for (int64_t r = 0; r < rows; ++r) {
     float o[NT];
-    DotQ8_0Prepared<NT>(reinterpret_cast<const BlockQ8_0*>(w + r * row_bytes), px, nb, o);
+    dot(w8 + r * row_bytes, o);
     for (int j = 0; j < NT; ++j) out[j * stride + r] = o[j];
   }
 }
 
-template <int NT>
-void Q8_0PreparedDispatch(int nt, const uint8_t* w, int64_t row_bytes, int64_t rows,
-                          const Q8Prepared* const* px, int64_t nb, float* out, int64_t stride) {
-  if constexpr (NT > 0) {
-    if (nt == NT) return Q8_0PreparedRows<NT>(w, row_bytes, rows, px, nb, out, stride);
-    Q8_0PreparedDispatch<NT - 1>(nt, w, row_bytes, rows, px, nb, out, stride);
-  }
-}
-
-// The VecDotBatchFn of Q8_0: the tokens are prepared once for all the rows of the call.
+// Q8_0: the tokens are prepared (PrepareQ8_0) once for all the rows of the call.
 void Q8_0BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
                     int64_t n, float* out, int64_t stride, void* scratch) {
   const int64_t nb = n / kQK, ng = (nb + 7) / 8;
@@ -509,29 +516,15 @@ void Q8_0BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* 
       PrepareQ8_0(static_cast<const BlockQ8_0*>(x[j0 + j]), nb, prep + j * ng);
       px[j] = prep + j * ng;
     }
-    Q8_0PreparedDispatch<kVecDotBatch>(nt, static_cast<const uint8_t*>(w), row_bytes, rows, px, nb,
-                                       out + j0 * stride, stride);
+    WithTokens(nt, [&](auto k) {
+      EachRow<k()>(w, row_bytes, rows, out + j0 * stride, stride, [&](const uint8_t* wr, float* o) {
+        DotQ8_0Prepared<k()>(reinterpret_cast<const BlockQ8_0*>(wr), px, nb, o);
+      });
+    });
   }
 }
 
-template <bool kFive, int NT>
-void Q45Rows(int nt, const uint8_t* w, int64_t row_bytes, int64_t rows, const void* const* x,
-             const Floats8* const* mins, int64_t n, float* out, int64_t stride) {
-  if constexpr (NT > 0) {
-    if (nt == NT) {
-      for (int64_t r = 0; r < rows; ++r) {
-        float o[NT];
-        DotQ45_KBatch<kFive, NT>(w + r * row_bytes, x, mins, n, o);
-        for (int j = 0; j < NT; ++j) out[j * stride + r] = o[j];
-      }
-      return;
-    }
-    Q45Rows<kFive, NT - 1>(nt, w, row_bytes, rows, x, mins, n, out, stride);
-  }
-}
-
-// The VecDotBatchFn of Q4_K and Q5_K: each token's mins factors (MinsFactor) once for all
-// the rows of the call.
+// Q4_K and Q5_K: each token's mins factors (MinsFactor) once for all the rows of the call.
 template <bool kFive>
 void Q45BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
                    int64_t n, float* out, int64_t stride, void* scratch) {
@@ -545,40 +538,25 @@ void Q45BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* c
       for (int64_t i = 0; i < nb; ++i) _mm256_store_ps(prep[j * nb + i].v, MinsFactor(bx[i]));
       mins[j] = prep + j * nb;
     }
-    Q45Rows<kFive, kVecDotBatch>(nt, static_cast<const uint8_t*>(w), row_bytes, rows, x + j0, mins,
-                                 n, out + j0 * stride, stride);
+    WithTokens(nt, [&](auto k) {
+      EachRow<k()>(w, row_bytes, rows, out + j0 * stride, stride, [&](const uint8_t* wr, float* o) {
+        DotQ45_KBatch<kFive, k()>(wr, x + j0, mins, n, o);
+      });
+    });
   }
 }
 
-// The VecDotBatchFn entry of the kernels that read the activation rows as they are:
-// groups of kVecDotBatch tokens, the rest by a narrower instantiation (every
-// instantiation gives each token the same bits), each group over all the rows.
-template <template <int> class K, int NT>
-void BatchRest(const void* w, const void* const* x, int n_x, int64_t n, float* out) {
-  if constexpr (NT > 0) {
-    if (n_x == NT) return K<NT>::Run(w, x, n, out);
-    BatchRest<K, NT - 1>(w, x, n_x, n, out);
-  }
-}
-template <template <int> class K>
-void BatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
-                int64_t n, float* out, int64_t stride, void* /*scratch*/) {
-  const auto* w8 = static_cast<const uint8_t*>(w);
+// Q6_K reads the activation rows as they are.
+void Q6_KBatchEntry(const void* w, int64_t row_bytes, int64_t rows, const void* const* x, int n_x,
+                    int64_t n, float* out, int64_t stride, void* /*scratch*/) {
   for (int j0 = 0; j0 < n_x; j0 += kVecDotBatch) {
     const int nt = std::min(kVecDotBatch, n_x - j0);
-    for (int64_t r = 0; r < rows; ++r) {
-      float o[kVecDotBatch];
-      BatchRest<K, kVecDotBatch>(w8 + r * row_bytes, x + j0, nt, n, o);
-      for (int j = 0; j < nt; ++j) out[(j0 + j) * stride + r] = o[j];
-    }
+    WithTokens(nt, [&](auto k) {
+      EachRow<k()>(w, row_bytes, rows, out + j0 * stride, stride,
+                   [&](const uint8_t* wr, float* o) { DotQ6_KBatch<k()>(wr, x + j0, n, o); });
+    });
   }
 }
-template <int NT>
-struct Q6_KBatch {
-  static void Run(const void* w, const void* const* x, int64_t n, float* out) {
-    DotQ6_KBatch<NT>(w, x, n, out);
-  }
-};
 
 // ---- activation quantisers ------------------------------------------------------------
 
@@ -722,7 +700,7 @@ VecDotBatchFn Avx512VecDotBatch(GgmlType weight) {
     case GgmlType::kQ8_0:
       return Q8_0BatchEntry;
     case GgmlType::kQ6_K:
-      return BatchEntry<Q6_KBatch>;
+      return Q6_KBatchEntry;
     default:
       return nullptr;
   }

@@ -105,8 +105,7 @@ TEST(BenchCliTest, JsonHasTheFiguresAndTheBandwidthBound) {
             0)
       << out;
   for (const char* key : {"\"prefill_tps\":", "\"decode_tps\":", "\"bytes_per_token\":",
-                          "\"mem_bw_gbps\":", "\"bw_fraction\":", "\"kv_bytes\":",
-                          "\"load_s\":"}) {
+                          "\"mem_bw_gbps\":", "\"bw_fraction\":", "\"kv_bytes\":", "\"load_s\":"}) {
     EXPECT_NE(out.find(key), std::string::npos) << key << " in " << out;
   }
   // Weights per token: 2 of 8 experts per layer, so well under the file's size.
