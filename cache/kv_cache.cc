@@ -85,9 +85,26 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
     c->high_budget_ = std::clamp<int64_t>(std::llround(c->budget_ * o.policy.hi), 1, c->budget_);
     c->low_budget_ = (c->budget_ - c->high_budget_) * c->row_bytes_ / c->low_row_bytes_;
   }
+  // A row of a store is one position's bytes in it (a key plane and a value plane), so a
+  // page holds kKvPageTokens positions; a q4kivi group is kKiviGroup positions already, a
+  // page of its own.
+  c->v_plane_ = kivi ? 0 : 1;
+  c->row_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * (kivi ? 1 : 2) * c->row_bytes_);
+  c->low_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * 2 * c->low_row_bytes_);
+  c->group_pages_ = std::make_unique<KvPagePool>(c->group_bytes_);
+  c->residual_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * o.head_dim * 2);
   c->heads_.resize(o.n_layer * o.n_head_kv);
+  for (Head& s : c->heads_) c->BindRows(s);
   c->ResetSplit();
   return c;
+}
+
+void KvCache::BindRows(Head& s) {
+  constexpr int kTokens = static_cast<int>(kKvPageTokens);
+  s.rows = KvRows(row_pages_.get(), row_bytes_, kTokens, kivi_ ? 1 : 2);
+  s.low_rows = KvRows(low_pages_.get(), low_row_bytes_, kTokens, 2);
+  s.groups = KvRows(group_pages_.get(), group_bytes_, 1);
+  s.residual = KvRows(residual_pages_.get(), o_.head_dim * 2, kTokens);
 }
 
 absl::Status KvCache::Reserve(int64_t n_new) const {
@@ -105,76 +122,55 @@ void KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k, con
     Head& s = head(layer, h);
     const int64_t before = HeadBytes(s);
     for (int64_t t = 0; t < n; ++t) {
-      int32_t slot;
-      if (!s.free.empty()) {
-        slot = s.free.back();
-        s.free.pop_back();
-      } else {
-        slot = static_cast<int32_t>(s.v.size() / row_bytes_);
-        if (!kivi_) s.k.resize(s.k.size() + row_bytes_);
-        s.v.resize(s.v.size() + row_bytes_);
-      }
+      const int32_t slot = s.rows.Append();
       const float* kt = k + t * kv_dim + h * hd;
       if (kivi_) {
         AppendKiviKey(s, kt);
       } else {
-        kcpu::QuantizeRow(row_type_, kt, s.k.data() + slot * row_bytes_, hd);
+        kcpu::QuantizeRow(row_type_, kt, s.rows.row(slot, 0), hd);
       }
-      kcpu::QuantizeRow(row_type_, v + t * kv_dim + h * hd, s.v.data() + slot * row_bytes_, hd);
+      kcpu::QuantizeRow(row_type_, v + t * kv_dim + h * hd, s.rows.row(slot, v_plane_), hd);
       s.slot.push_back(slot);
       s.pos.push_back(pos0 + t);
       s.acc.push_back(0.0f);
       s.last.push_back(0.0f);
       s.low.push_back(0);
     }
-    while (s.n_residual >= kKiviGroup) FormKiviGroup(s);
+    while (s.residual.size() >= kKiviGroup) FormKiviGroup(s);
     bytes_ += HeadBytes(s) - before;
   }
   peak_bytes_ = std::max(peak_bytes_, bytes_);
 }
 
 void KvCache::AppendKiviKey(Head& s, const float* k) {
-  const int64_t hd = o_.head_dim;
-  int32_t r;
-  if (!s.residual_free.empty()) {
-    r = s.residual_free.back();
-    s.residual_free.pop_back();
-  } else {
-    r = static_cast<int32_t>(s.residual.size() / (hd * 2));
-    s.residual.resize(s.residual.size() + hd * 2);
-  }
-  uint16_t* dst = reinterpret_cast<uint16_t*>(s.residual.data()) + r * hd;
-  for (int64_t c = 0; c < hd; ++c) dst[c] = kcpu::FloatToHalf(k[c]);
+  const int32_t r = s.residual.Append();
+  uint16_t* dst = reinterpret_cast<uint16_t*>(s.residual.row(r));
+  for (int64_t c = 0; c < o_.head_dim; ++c) dst[c] = kcpu::FloatToHalf(k[c]);
   s.kslot.push_back(-1 - r);
-  ++s.n_residual;
 }
 
 void KvCache::FormKiviGroup(Head& s) {
   const int64_t hd = o_.head_dim;
-  int32_t g;
-  if (!s.group_free.empty()) {
-    g = s.group_free.back();
-    s.group_free.pop_back();
-  } else {
-    g = static_cast<int32_t>(s.group_live.size());
-    s.group_live.push_back(0);
-    s.groups.resize(s.groups.size() + group_bytes_);
-  }
+  const int32_t g = s.groups.Append();
+  s.group_live.push_back(0);
   // The oldest residual keys, in position order.
-  std::vector<int64_t> members;
-  for (int64_t i = 0; i < static_cast<int64_t>(s.kslot.size()) && members.size() < kKiviGroup;
+  std::vector<int32_t>& members = s.tmp;
+  members.clear();
+  for (int32_t i = 0; i < static_cast<int32_t>(s.kslot.size()) && members.size() < kKiviGroup;
        ++i) {
     if (s.kslot[i] < 0) members.push_back(i);
   }
-  const uint16_t* res = reinterpret_cast<const uint16_t*>(s.residual.data());
-  uint8_t* base = s.groups.data() + g * group_bytes_;
+  auto res = [&](int32_t i) {
+    return reinterpret_cast<const uint16_t*>(s.residual.row(-1 - s.kslot[i]));
+  };
+  uint8_t* base = s.groups.row(g);
   uint16_t* scale = reinterpret_cast<uint16_t*>(base + kKiviGroup * hd / 2);
   uint16_t* minimum = scale + hd;
   std::fill(base, base + kKiviGroup * hd / 2, 0);
   for (int64_t c = 0; c < hd; ++c) {
     float lo = INFINITY, hi = -INFINITY;
-    for (int64_t i : members) {
-      const float x = kcpu::HalfToFloat(res[(-1 - s.kslot[i]) * hd + c]);
+    for (int32_t i : members) {
+      const float x = kcpu::HalfToFloat(res(i)[c]);
       lo = std::min(lo, x);
       hi = std::max(hi, x);
     }
@@ -185,30 +181,30 @@ void KvCache::FormKiviGroup(Head& s) {
     const float d = kcpu::HalfToFloat(scale[c]), m = kcpu::HalfToFloat(minimum[c]);
     const float id = d > 0 ? 1.0f / d : 0.0f;
     for (int64_t j = 0; j < static_cast<int64_t>(members.size()); ++j) {
-      const float x = kcpu::HalfToFloat(res[(-1 - s.kslot[members[j]]) * hd + c]);
+      const float x = kcpu::HalfToFloat(res(members[j])[c]);
       const int code = std::clamp(static_cast<int>(std::lround((x - m) * id)), 0, 15);
       base[j * hd / 2 + c / 2] |= static_cast<uint8_t>(code << (c % 2 ? 4 : 0));
     }
   }
+  s.dead_residual.assign(s.residual.size(), 0);
   for (int64_t j = 0; j < static_cast<int64_t>(members.size()); ++j) {
     int32_t& ks = s.kslot[members[j]];
-    s.residual_free.push_back(-1 - ks);
+    s.dead_residual[-1 - ks] = 1;
     ks = g * kKiviGroup + static_cast<int32_t>(j);
   }
-  s.n_residual -= static_cast<int64_t>(members.size());
   s.group_live[g] = static_cast<int32_t>(members.size());
-  ++s.n_groups;
+  FreeRows(s);
 }
 
 const float* KvCache::ReadKiviKey(const Head& s, int64_t i, float* buf) const {
   const int64_t hd = o_.head_dim;
   const int32_t ks = s.kslot[i];
   if (ks < 0) {
-    const uint16_t* r = reinterpret_cast<const uint16_t*>(s.residual.data()) + (-1 - ks) * hd;
+    const uint16_t* r = reinterpret_cast<const uint16_t*>(s.residual.row(-1 - ks));
     for (int64_t c = 0; c < hd; ++c) buf[c] = kcpu::HalfToFloat(r[c]);
     return buf;
   }
-  const uint8_t* base = s.groups.data() + (ks / kKiviGroup) * group_bytes_;
+  const uint8_t* base = s.groups.row(ks / kKiviGroup);
   const uint8_t* codes = base + (ks % kKiviGroup) * hd / 2;
   const uint16_t* scale = reinterpret_cast<const uint16_t*>(base + kKiviGroup * hd / 2);
   const uint16_t* minimum = scale + hd;
@@ -221,29 +217,95 @@ const float* KvCache::ReadKiviKey(const Head& s, int64_t i, float* buf) const {
 
 int64_t KvCache::HeadBytes(const Head& s) const {
   const int64_t n = static_cast<int64_t>(s.slot.size());
-  if (kivi_) return n * row_bytes_ + s.n_groups * group_bytes_ + s.n_residual * o_.head_dim * 2;
+  if (kivi_) {
+    return n * row_bytes_ + int64_t{s.groups.size()} * group_bytes_ +
+           int64_t{s.residual.size()} * o_.head_dim * 2;
+  }
   return 2 * ((n - s.n_low) * row_bytes_ + s.n_low * low_row_bytes_);
 }
 
 void KvCache::Release(Head& s, int64_t i) {
-  (s.low[i] ? s.lfree : s.free).push_back(s.slot[i]);
+  std::vector<uint8_t>& dead = s.low[i] ? s.dead_low : s.dead;
+  dead.resize((s.low[i] ? s.low_rows : s.rows).size(), 0);
+  dead[s.slot[i]] = 1;
   s.n_low -= s.low[i];
   if (!kivi_) return;
   const int32_t ks = s.kslot[i];
   if (ks < 0) {
-    s.residual_free.push_back(-1 - ks);
-    --s.n_residual;
+    s.dead_residual.resize(s.residual.size(), 0);
+    s.dead_residual[-1 - ks] = 1;
   } else if (--s.group_live[ks / kKiviGroup] == 0) {
-    s.group_free.push_back(ks / kKiviGroup);
-    --s.n_groups;
+    s.dead_groups.resize(s.groups.size(), 0);
+    s.dead_groups[ks / kKiviGroup] = 1;
   }
+}
+
+void KvCache::FreeRows(Head& s) {
+  // Frees the flagged rows of one store; returns the remap, or null when none was flagged.
+  auto remove = [&](KvRows& rows, std::vector<uint8_t>& dead) -> const std::vector<int32_t>* {
+    dead.resize(rows.size(), 0);
+    const bool any = std::find(dead.begin(), dead.end(), 1) != dead.end();
+    if (any) rows.Remove(dead, &s.remap);
+    dead.clear();
+    return any ? &s.remap : nullptr;
+  };
+  const int64_t n = static_cast<int64_t>(s.slot.size());
+  for (const bool low : {false, true}) {
+    if (const std::vector<int32_t>* m =
+            remove(low ? s.low_rows : s.rows, low ? s.dead_low : s.dead)) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (s.low[i] == low) s.slot[i] = (*m)[s.slot[i]];
+      }
+    }
+  }
+  if (!kivi_) return;
+  if (const std::vector<int32_t>* m = remove(s.residual, s.dead_residual)) {
+    for (int32_t& ks : s.kslot) {
+      if (ks < 0) ks = -1 - (*m)[-1 - ks];
+    }
+  }
+  if (const std::vector<int32_t>* m = remove(s.groups, s.dead_groups)) {
+    for (int32_t& ks : s.kslot) {
+      if (ks >= 0) ks = (*m)[ks / kKiviGroup] * kKiviGroup + ks % kKiviGroup;
+    }
+    s.tmp.assign(s.groups.size(), 0);
+    for (size_t g = 0; g < m->size(); ++g) {
+      if ((*m)[g] >= 0) s.tmp[(*m)[g]] = s.group_live[g];
+    }
+    s.group_live.swap(s.tmp);
+  }
+}
+
+void KvCache::DropEntries(Head& s, const uint8_t* drop, int64_t keep) {
+  const int64_t n = static_cast<int64_t>(s.slot.size());
+  int64_t w = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (drop != nullptr ? drop[i] != 0 : i >= keep) {
+      Release(s, i);
+      continue;
+    }
+    if (kivi_) s.kslot[w] = s.kslot[i];
+    s.slot[w] = s.slot[i];
+    s.pos[w] = s.pos[i];
+    s.acc[w] = s.acc[i];
+    s.last[w] = s.last[i];
+    s.low[w] = s.low[i];
+    ++w;
+  }
+  s.slot.resize(w);
+  s.pos.resize(w);
+  s.acc.resize(w);
+  s.last.resize(w);
+  s.low.resize(w);
+  if (kivi_) s.kslot.resize(w);
+  FreeRows(s);
 }
 
 const float* KvCache::ReadRow(const Head& s, bool key, int64_t i, float* buf) const {
   const int64_t hd = o_.head_dim;
   if (key && kivi_) return ReadKiviKey(s, i, buf);
   if (s.low[i]) {
-    const uint8_t* r = (key ? s.lk : s.lv).data() + s.slot[i] * low_row_bytes_;
+    const uint8_t* r = s.low_rows.row(s.slot[i], key ? 0 : 1);
     if (low_bits_ == 2) {
       DequantizeRowQ2(r, buf, hd);
     } else {
@@ -251,7 +313,7 @@ const float* KvCache::ReadRow(const Head& s, bool key, int64_t i, float* buf) co
     }
     return buf;
   }
-  const uint8_t* r = (key ? s.k : s.v).data() + s.slot[i] * row_bytes_;
+  const uint8_t* r = s.rows.row(s.slot[i], key ? 0 : v_plane_);
   if (row_type_ == GgmlType::kF32) return reinterpret_cast<const float*>(r);
   kcpu::DequantizeRow(row_type_, r, buf, hd);
   return buf;
@@ -281,6 +343,18 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
   float* const scores = score_buf.data();
   std::fill(s.last.begin(), s.last.end(), 0.0f);
   if (track_sq) s.last_sq.assign(m, 0.0f);
+  // Rows of one type in one store (no mikv tier, no q4kivi keys) are read here directly;
+  // the general ReadRow costs a tenth of a short row's attention in calls and reloads.
+  const bool plain = !kivi_ && s.n_low == 0;
+  const KvRows::Plane keys = s.rows.plane(0), values = s.rows.plane(v_plane_);
+  const int32_t* const slot = s.slot.data();
+  const GgmlType type = row_type_;
+  float* const buf = row.data();
+  auto Decode = [type, buf, hd](const uint8_t* r) -> const float* {
+    if (type == GgmlType::kF32) return reinterpret_cast<const float*>(r);
+    kcpu::DequantizeRow(type, r, buf, hd);
+    return buf;
+  };
   for (int64_t t0 = 0; t0 < n; t0 += tile) {
     const int64_t nt = std::min(tile, n - t0);
     // Entries are in position order, so each query's causal mask keeps a prefix.
@@ -290,7 +364,7 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
       max_visible = std::max(max_visible, visible[t]);
     }
     for (int64_t i = 0; i < max_visible; ++i) {
-      const float* k = ReadRow(s, true, i, row.data());
+      const float* k = plain ? Decode(keys.row(slot[i])) : ReadRow(s, true, i, row.data());
       for (int64_t t = 0; t < nt; ++t) {
         if (i >= visible[t]) continue;
         for (int64_t g = 0; g < group; ++g) {
@@ -307,7 +381,7 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
       }
     }
     for (int64_t i = 0; i < max_visible; ++i) {
-      const float* v = ReadRow(s, false, i, row.data());
+      const float* v = plain ? Decode(values.row(slot[i])) : ReadRow(s, false, i, row.data());
       for (int64_t t = 0; t < nt; ++t) {
         if (i >= visible[t]) continue;
         for (int64_t g = 0; g < group; ++g) {
@@ -380,61 +454,38 @@ int64_t KvCache::Compress(Head& s, int64_t budget) {
     std::vector<float> buf(o_.head_dim);
     for (int32_t i : demote) Demote(s, i, buf.data());
   }
-  if (!evict.empty()) {
-    std::vector<char> drop(n, 0);
-    for (int32_t i : evict) drop[i] = 1;
-    int64_t w = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      if (drop[i]) {
-        Release(s, i);
-        continue;
-      }
-      if (kivi_) s.kslot[w] = s.kslot[i];
-      s.slot[w] = s.slot[i];
-      s.pos[w] = s.pos[i];
-      s.acc[w] = s.acc[i];
-      s.last[w] = s.last[i];
-      s.low[w] = s.low[i];
-      ++w;
-    }
-    s.slot.resize(w);
-    s.pos.resize(w);
-    s.acc.resize(w);
-    s.last.resize(w);
-    s.low.resize(w);
-    if (kivi_) s.kslot.resize(w);
-  }
+  std::vector<uint8_t> drop(n, 0);
+  for (int32_t i : evict) drop[i] = 1;
+  DropEntries(s, drop.data(), 0);
   return HeadBytes(s) - before;
 }
 
 void KvCache::Demote(Head& s, int64_t i, float* buf) {
   const int64_t hd = o_.head_dim;
-  int32_t slot;
-  if (!s.lfree.empty()) {
-    slot = s.lfree.back();
-    s.lfree.pop_back();
-  } else {
-    slot = static_cast<int32_t>(s.lk.size() / low_row_bytes_);
-    s.lk.resize(s.lk.size() + low_row_bytes_);
-    s.lv.resize(s.lv.size() + low_row_bytes_);
-  }
+  const int32_t slot = s.low_rows.Append();
   for (bool key : {true, false}) {
     const float* x = ReadRow(s, key, i, buf);
-    uint8_t* dst = (key ? s.lk : s.lv).data() + slot * low_row_bytes_;
+    uint8_t* dst = s.low_rows.row(slot, key ? 0 : 1);
     if (low_bits_ == 2) {
       QuantizeRowQ2(x, dst, hd);
     } else {
       kcpu::QuantizeRow(LowType(), x, dst, hd);
     }
   }
-  s.free.push_back(s.slot[i]);
+  // The full-precision row is freed with the evictions that follow (FreeRows).
+  s.dead.resize(s.rows.size(), 0);
+  s.dead[s.slot[i]] = 1;
   s.slot[i] = slot;
   s.low[i] = 1;
   ++s.n_low;
 }
 
 void KvCache::Clear() {
-  for (Head& s : heads_) s = Head{};
+  // Pages go back to the pools, for the next conversation to take.
+  for (Head& s : heads_) {
+    s = Head{};
+    BindRows(s);
+  }
   n_past_ = 0;
   bytes_ = 0;
   peak_bytes_ = 0;
@@ -446,18 +497,17 @@ void KvCache::Truncate(int64_t n) {
   for (Head& s : heads_) {
     const size_t keep = std::lower_bound(s.pos.begin(), s.pos.end(), n) - s.pos.begin();
     const int64_t before = HeadBytes(s);
-    for (size_t i = keep; i < s.slot.size(); ++i) Release(s, static_cast<int64_t>(i));
-    s.slot.resize(keep);
-    s.pos.resize(keep);
-    s.acc.resize(keep);
-    s.last.resize(keep);
-    s.low.resize(keep);
-    if (kivi_) s.kslot.resize(keep);
+    DropEntries(s, nullptr, static_cast<int64_t>(keep));
     bytes_ += HeadBytes(s) - before;
   }
   n_past_ = n;
   // Back to where cake had not measured: the next batch past the mean measures again.
   if (!measured_ || n <= budget_) ResetSplit();
+}
+
+int64_t KvCache::allocated_bytes() const {
+  return row_pages_->bytes() + low_pages_->bytes() + group_pages_->bytes() +
+         residual_pages_->bytes();
 }
 
 std::vector<int64_t> KvCache::KeptPositions(int64_t layer, int64_t h) const {

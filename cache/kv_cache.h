@@ -2,9 +2,11 @@
 // KV head and kept position, stored in a chosen element type, and the attention that
 // reads them.
 //
-// Storage is per (layer, KV head): a pool of row slots (one key row and one value row of
-// head_dim values each) that grows on demand and reuses the slots of evicted positions,
-// so resident memory follows the number of positions kept, not the context size. Rows
+// Storage is per (layer, KV head): paged blocks of kKvPageTokens positions (cache/kv_pages.h),
+// one key row and one value row of head_dim values per position, taken from a page pool
+// shared by the cache's heads as a head grows and handed back as eviction or truncation
+// empties them, so resident memory follows the number of positions kept, not the context
+// size, and a compressing cache in steady decode allocates no row storage. Rows
 // are stored as f32, f16, bf16, q8 (Q8_0 blocks: int8 with one scale per 32 values) or
 // q4 (Q4_1 blocks: 4 bits with a scale and a minimum per 32 values), quantised per token;
 // attention dequantises kept rows on the fly, never a full copy of the cache.
@@ -14,7 +16,8 @@
 // and minimum per channel, since keys have outlier channels that a per-token scale would
 // spread over the whole row; values stay per token (Q4_1). Keys wait in f16 until 32 have
 // arrived (KIVI's residual). Eviction leaves holes in a group: its bytes are released when
-// its last member goes, and bytes() counts whole groups.
+// its last member goes, and bytes() counts whole groups. Groups and residual keys are
+// paged the same way, in stores of their own.
 //
 // After each batch of queries, Attend() hands every (layer, KV head) holding more than
 // its layer's budget to the policy (cache/kv_policy.h), which picks what to evict from the
@@ -44,6 +47,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cache/kv_pages.h"
 #include "cache/kv_policy.h"
 #include "kernels_cpu/quant.h"
 
@@ -98,6 +102,10 @@ class KvCache {
   // Bytes of the kept rows now, and the most there have been since creation or Clear.
   int64_t bytes() const { return bytes_; }
   int64_t peak_bytes() const { return peak_bytes_; }
+  // Bytes of the pages the cache holds, in use or free for reuse: its memory, kept rows
+  // rounded up to whole pages per head (at most kKvPageTokens - 1 rows more per head and
+  // store), plus the pages emptied since then (kept for reuse until the cache goes).
+  int64_t allocated_bytes() const;
   // Positions kept for (layer, KV head), in position order; and those of them held at low
   // precision (mikv).
   std::vector<int64_t> KeptPositions(int64_t layer, int64_t head) const;
@@ -111,24 +119,25 @@ class KvCache {
 
  private:
   struct Head {
-    std::vector<uint8_t> k, v;  // slot-major rows of row_bytes_
-    std::vector<int32_t> free;  // reusable slots
-    // Kept entries, in position order.
+    // Key and value row of each full-precision entry, in two planes (q4kivi: the value
+    // only); mikv's demoted entries' rows; q4kivi's key groups of kKiviGroup positions and
+    // the f16 keys still waiting for theirs. Paged (cache/kv_pages.h), rows dense.
+    KvRows rows, low_rows, groups, residual;
+    // Kept entries, in position order. slot: the entry's row in `rows`, or in `low_rows`
+    // where low is 1 (mikv).
     std::vector<int32_t> slot;
     std::vector<int64_t> pos;
     std::vector<float> acc, last;
     std::vector<float> last_sq;  // cake's measuring batch only: sum of squared attention
-    // mikv: 1 where the entry's slot is in the low-precision pool lk/lv.
     std::vector<uint8_t> low;
-    std::vector<uint8_t> lk, lv;
-    std::vector<int32_t> lfree;
     int64_t n_low = 0;
     // q4kivi keys: per entry, g * kKiviGroup + j for token j of group g, or -1 - r for
-    // row r of the f16 residual.
+    // row r of the residual; and the entries still in each group.
     std::vector<int32_t> kslot;
-    std::vector<uint8_t> groups, residual;
-    std::vector<int32_t> group_live, group_free, residual_free;
-    int64_t n_groups = 0, n_residual = 0;
+    std::vector<int32_t> group_live;
+    // Rows to free at the next FreeRows, one flag per row of each store; and its scratch.
+    std::vector<uint8_t> dead, dead_low, dead_groups, dead_residual;
+    std::vector<int32_t> remap, tmp;
   };
   static constexpr int64_t kKiviGroup = 32;
 
@@ -146,8 +155,16 @@ class KvCache {
   // stored as f32.
   const float* ReadRow(const Head& hd, bool key, int64_t i, float* buf) const;
   int64_t HeadBytes(const Head& hd) const;
-  // Frees the storage of entry i (its slots; the index itself stays until compaction).
+  // Gives a fresh head its four row stores on the cache's page pools.
+  void BindRows(Head& hd);
+  // Flags the rows of entry i (key included) to be freed; the entry itself stays until
+  // the caller drops it from the entry arrays.
   void Release(Head& hd, int64_t i);
+  // Frees the flagged rows (kv_pages.h: rows from the end fill the holes) and rewrites
+  // the row indices of the entries that remain.
+  void FreeRows(Head& hd);
+  // Keeps the first `keep` entries, or those not flagged in `drop`; frees the rest.
+  void DropEntries(Head& hd, const uint8_t* drop, int64_t keep);
   // q4kivi: stores a key in the residual; quantises the oldest kKiviGroup residual keys
   // into a group; decodes entry i's key.
   void AppendKiviKey(Head& hd, const float* k);
@@ -159,6 +176,7 @@ class KvCache {
 
   Options o_;
   int64_t row_bytes_ = 0;
+  int v_plane_ = 1;  // of the value rows in Head::rows (q4kivi: 0, the only plane)
   bool kivi_ = false;
   kcpu::GgmlType row_type_ = kcpu::GgmlType::kF32;  // of the pools k, v (kivi: v only)
   int64_t group_bytes_ = 0;                         // kivi
@@ -168,6 +186,9 @@ class KvCache {
   bool measured_ = true;
   std::vector<double> preference_;
   std::unique_ptr<KvPolicy> policy_;
+  // The pages of each row store, shared by every head (declared before heads_, which hand
+  // their pages back when destroyed).
+  std::unique_ptr<KvPagePool> row_pages_, low_pages_, group_pages_, residual_pages_;
   std::vector<Head> heads_;
   int64_t n_past_ = 0;
   // mikv's demoted rows: q8 (Q8_0), q4 (Q4_1) or q2 (cache/kv_q2.h).

@@ -371,6 +371,9 @@ int64_t Session::kv_bytes() const {
 int64_t Session::kv_peak_bytes() const {
   return impl_->gpu ? impl_->gpu->kv_bytes() : impl_->kv->peak_bytes();
 }
+int64_t Session::kv_allocated_bytes() const {
+  return impl_->gpu ? impl_->gpu->kv_bytes() : impl_->kv->allocated_bytes();
+}
 const Stats& Session::stats() const { return impl_->stats; }
 
 DeviceStats Session::device_stats() const {

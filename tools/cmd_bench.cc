@@ -119,7 +119,7 @@ int CmdBench(int argc, char** argv) {
 
   std::vector<double> prefill_tps, decode_tps, sim_prefill_tps, sim_decode_tps;
   DeviceStats dev;  // of the last repetition
-  int64_t kv_bytes = 0, kv_peak = 0;
+  int64_t kv_bytes = 0, kv_peak = 0, kv_alloc = 0;
   for (int64_t r = 0; r < reps; ++r) {
     absl::StatusOr<std::unique_ptr<Session>> s = (*model)->NewSession(so);
     if (!s.ok()) return Usage("bench", std::string(s.status().message()));
@@ -139,6 +139,7 @@ int CmdBench(int argc, char** argv) {
     if (r == 0 && !dev.note.empty()) std::fprintf(stderr, "moex bench: %s\n", dev.note.c_str());
     kv_bytes = (*s)->kv_bytes();
     kv_peak = (*s)->kv_peak_bytes();
+    kv_alloc = (*s)->kv_allocated_bytes();
     if (!a.Has("json")) {
       std::fprintf(stderr, "\rmoex bench: repetition %lld/%lld", (long long)r + 1, (long long)reps);
     }
@@ -194,11 +195,12 @@ int CmdBench(int argc, char** argv) {
         "\"reps\":%lld,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"bytes_per_token\":%.0f,"
         "\"mem_bw_gbps\":%.3f,\"bw_fraction\":%.4f,\"decode_bound_tps\":%.3f,"
         "\"kv_policy\":%s,\"kv_type\":%s,\"kv_bytes\":%lld,\"kv_peak_bytes\":%lld,"
+        "\"kv_allocated_bytes\":%lld,"
         "\"load_s\":%.3f%s}\n",
         JsonString(a.Str("model")).c_str(), threads, (long long)prompt.size(), (long long)n_decode,
         (long long)depth, (long long)reps, pre, dec, bpt, bw / 1e9, fraction,
         bpt > 0 ? bw / bpt : 0, JsonString(so.kv_policy).c_str(), JsonString(so.kv_type).c_str(),
-        (long long)kv_bytes, (long long)kv_peak, load_s, sim_json.c_str());
+        (long long)kv_bytes, (long long)kv_peak, (long long)kv_alloc, load_s, sim_json.c_str());
   } else {
     std::fprintf(stderr, "\n");
     std::printf("%s, %d threads, loaded in %.2f s\n", info.path.c_str(), threads, load_s);
@@ -208,8 +210,9 @@ int CmdBench(int argc, char** argv) {
         "  decode %lld tokens: %.2f tok/s; %.1f MB of weights per token; read bandwidth "
         "%.1f GB/s -> bound %.2f tok/s; %.0f%% of it\n",
         (long long)n_decode, dec, bpt / 1e6, bw / 1e9, bpt > 0 ? bw / bpt : 0, 100 * fraction);
-    std::printf("  KV cache: %.2f MB now, peak %.2f MB (%s, %s)\n", kv_bytes / 1e6, kv_peak / 1e6,
-                so.kv_policy.c_str(), so.kv_type.c_str());
+    std::printf("  KV cache: %.2f MB now, peak %.2f MB, %.2f MB of pages held (%s, %s)\n",
+                kv_bytes / 1e6, kv_peak / 1e6, kv_alloc / 1e6, so.kv_policy.c_str(),
+                so.kv_type.c_str());
     if (cuda) {
       std::printf(
           "  on %s (%s): %lld expert slots, %.0f%% of the expert runs on the GPU; its bandwidth "

@@ -212,6 +212,10 @@ class Session {
   // was Reset.
   int64_t kv_bytes() const;
   int64_t kv_peak_bytes() const;
+  // Bytes the KV cache holds in memory: its pages (kept rows rounded up to whole pages of
+  // 32 positions per KV head), including pages emptied by eviction and kept for reuse.
+  // On the GPU, the device's KV allocation (as kv_bytes()).
+  int64_t kv_allocated_bytes() const;
   const Stats& stats() const;
   DeviceStats device_stats() const;
 

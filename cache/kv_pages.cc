@@ -1,0 +1,123 @@
+#include "cache/kv_pages.h"
+
+#include <bit>
+#include <cstring>
+#include <new>
+#include <utility>
+
+namespace moex {
+
+namespace {
+constexpr std::align_val_t kPageAlign{64};
+}  // namespace
+
+KvPagePool::~KvPagePool() {
+  // Every KvRows has handed its pages back by now (the cache destroys its heads first);
+  // only the free list is left to release.
+  Trim();
+}
+
+uint8_t* KvPagePool::Take() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!free_.empty()) {
+      uint8_t* p = free_.back();
+      free_.pop_back();
+      return p;
+    }
+    ++allocated_;
+  }
+  try {
+    return static_cast<uint8_t*>(::operator new(static_cast<size_t>(page_bytes_), kPageAlign));
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --allocated_;
+    throw;
+  }
+}
+
+void KvPagePool::Give(uint8_t* page) {
+  std::lock_guard<std::mutex> lock(mu_);
+  free_.push_back(page);
+}
+
+void KvPagePool::Trim() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (uint8_t* p : free_) ::operator delete(p, kPageAlign);
+  allocated_ -= static_cast<int64_t>(free_.size());
+  free_.clear();
+  free_.shrink_to_fit();
+}
+
+int64_t KvPagePool::pages() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return allocated_;
+}
+
+KvRows::KvRows(KvPagePool* pool, int64_t row_bytes, int rows_per_page, int planes)
+    : pool_(pool),
+      row_bytes_(row_bytes),
+      shift_(std::countr_zero(static_cast<unsigned>(rows_per_page))),
+      mask_(rows_per_page - 1),
+      planes_(planes),
+      plane_bytes_(rows_per_page * row_bytes) {}
+
+KvRows& KvRows::operator=(KvRows&& o) noexcept {
+  if (this != &o) {
+    Clear();
+    pool_ = o.pool_;
+    row_bytes_ = o.row_bytes_;
+    shift_ = o.shift_;
+    mask_ = o.mask_;
+    planes_ = o.planes_;
+    plane_bytes_ = o.plane_bytes_;
+    pages_ = std::move(o.pages_);
+    size_ = std::exchange(o.size_, 0);
+    o.pages_.clear();
+  }
+  return *this;
+}
+
+int32_t KvRows::Append() {
+  if ((size_ & mask_) == 0 && size_ >> shift_ == static_cast<int32_t>(pages_.size())) {
+    pages_.push_back(nullptr);  // may throw; then nothing is taken
+    pages_.back() = pool_->Take();
+  }
+  return size_++;
+}
+
+void KvRows::Remove(std::span<const uint8_t> dead, std::vector<int32_t>* remap) {
+  remap->resize(size_);
+  int32_t live = 0;
+  for (int32_t i = 0; i < size_; ++i) live += dead[i] == 0;
+  // Holes below `live` take the live rows above it, both in ascending order; rows below
+  // `live` that are alive stay where they are.
+  int32_t hole = 0;
+  for (int32_t i = 0; i < size_; ++i) {
+    if (dead[i]) {
+      (*remap)[i] = -1;
+    } else if (i < live) {
+      (*remap)[i] = i;
+    } else {
+      while (!dead[hole]) ++hole;
+      for (int p = 0; p < planes_; ++p) {
+        std::memcpy(row(hole, p), row(i, p), static_cast<size_t>(row_bytes_));
+      }
+      (*remap)[i] = hole++;
+    }
+  }
+  size_ = live;
+  const size_t keep = static_cast<size_t>((live + mask_) >> shift_);
+  while (pages_.size() > keep) {
+    pool_->Give(pages_.back());
+    pages_.pop_back();
+  }
+}
+
+void KvRows::Clear() {
+  for (uint8_t* p : pages_) pool_->Give(p);
+  pages_.clear();
+  size_ = 0;
+}
+
+}  // namespace moex

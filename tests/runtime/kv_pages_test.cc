@@ -1,0 +1,229 @@
+// The KV cache's paged row storage: rows keep their bytes through random appends and
+// removals (against a plain model of the same operations), pages follow the rows in use
+// and are reused, and a compressing cache built on it keeps exactly the rows of the
+// positions it keeps, in a bounded number of pages.
+#include "cache/kv_pages.h"
+
+#include <cstring>
+#include <random>
+
+#include "cache/kv_cache.h"
+#include "cache/kv_policy.h"
+#include "gtest/gtest.h"
+
+namespace moex {
+namespace {
+
+// Fills a row with bytes derived from `id`, so that a row moved to the wrong place or
+// overwritten shows.
+void Stamp(uint8_t* row, int64_t bytes, uint32_t id) {
+  for (int64_t b = 0; b < bytes; ++b) row[b] = static_cast<uint8_t>(id * 131 + b * 7 + (id >> 8));
+}
+bool HasStamp(const uint8_t* row, int64_t bytes, uint32_t id) {
+  for (int64_t b = 0; b < bytes; ++b) {
+    if (row[b] != static_cast<uint8_t>(id * 131 + b * 7 + (id >> 8))) return false;
+  }
+  return true;
+}
+
+TEST(KvRowsTest, RandomAppendsAndRemovalsKeepEveryRowsBytes) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  for (const int per_page : {1, 4, 32}) {
+    for (const int64_t row_bytes : {int64_t{1}, int64_t{37}, int64_t{512}}) {
+      SCOPED_TRACE(::testing::Message() << per_page << " rows a page of " << row_bytes);
+      KvPagePool pool(per_page * row_bytes);
+      KvRows rows(&pool, row_bytes, per_page);
+      // The model: the id each live row was stamped with, by row index.
+      std::vector<uint32_t> ids;
+      uint32_t next_id = 1;
+      int64_t most_pages = 0;
+      std::vector<uint8_t> dead;
+      std::vector<int32_t> remap;
+      for (int step = 0; step < 300; ++step) {
+        const int n_add = static_cast<int>(rng() % 40);
+        for (int a = 0; a < n_add; ++a) {
+          const int32_t r = rows.Append();
+          ASSERT_EQ(r, static_cast<int32_t>(ids.size()));
+          Stamp(rows.row(r), row_bytes, next_id);
+          ids.push_back(next_id++);
+        }
+        most_pages = std::max(most_pages, rows.pages());
+        // Remove a random share (sometimes none, sometimes all).
+        const int share = static_cast<int>(rng() % 5);  // 0, 25, 50, 75, 100 %
+        dead.assign(ids.size(), 0);
+        for (uint8_t& d : dead) d = static_cast<int>(rng() % 4) < share;
+        rows.Remove(dead, &remap);
+        std::vector<uint32_t> moved(rows.size(), 0);
+        for (size_t i = 0; i < ids.size(); ++i) {
+          if (dead[i]) {
+            ASSERT_EQ(remap[i], -1);
+            continue;
+          }
+          ASSERT_GE(remap[i], 0);
+          ASSERT_LT(remap[i], rows.size());
+          ASSERT_EQ(moved[remap[i]], 0u) << "two rows moved to " << remap[i];
+          moved[remap[i]] = ids[i];
+        }
+        ids = moved;
+        for (int32_t r = 0; r < rows.size(); ++r) {
+          ASSERT_TRUE(HasStamp(rows.row(r), row_bytes, ids[r])) << "row " << r << " step " << step;
+        }
+        ASSERT_EQ(rows.pages(), (rows.size() + per_page - 1) / per_page);
+        // Pages go back to the pool and come out again: never more than the most held.
+        ASSERT_EQ(pool.pages(), most_pages);
+      }
+      rows.Clear();
+      EXPECT_EQ(rows.size(), 0);
+      EXPECT_EQ(pool.pages(), most_pages);  // kept for reuse
+      pool.Trim();
+      EXPECT_EQ(pool.pages(), 0);
+    }
+  }
+}
+
+TEST(KvRowsTest, HeadsShareThePoolsPages) {
+  KvPagePool pool(32 * 8);
+  KvRows a(&pool, 8, 32), b(&pool, 8, 32);
+  for (int i = 0; i < 100; ++i) a.Append();  // 4 pages
+  EXPECT_EQ(pool.pages(), 4);
+  std::vector<uint8_t> dead(100, 1);
+  std::vector<int32_t> remap;
+  a.Remove(dead, &remap);
+  EXPECT_EQ(a.pages(), 0);
+  for (int i = 0; i < 128; ++i) b.Append();  // takes a's 4 pages back
+  EXPECT_EQ(pool.pages(), 4);
+  KvRows c = std::move(b);
+  EXPECT_EQ(c.size(), 128);
+  EXPECT_EQ(b.size(), 0);
+  c = KvRows();  // hands its pages back
+  for (int i = 0; i < 100; ++i) a.Append();
+  EXPECT_EQ(pool.pages(), 4);
+}
+
+KvCache::Options Shape(kcpu::GgmlType type, const char* policy) {
+  KvCache::Options o;
+  o.n_layer = 2;
+  o.n_ctx = 1024;
+  o.n_head_kv = 2;
+  o.head_dim = 64;
+  o.type = type;
+  o.policy = *ParseKvPolicy(policy);
+  return o;
+}
+
+std::vector<float> Random(std::mt19937_64& rng, size_t n) {
+  std::normal_distribution<float> d(0, 1);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Feeds the same random sequence to a compressing cache and to a full one, chunk by chunk
+// (each chunk attended, so the policy compresses), and checks that every entry the
+// compressing cache keeps reads back exactly as the full cache's entry of that position:
+// rows moved between pages, or re-indexed wrongly, would not.
+TEST(KvCachePagesTest, KeptEntriesReadBackAsStored) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  for (const kcpu::GgmlType type :
+       {kcpu::GgmlType::kF32, kcpu::GgmlType::kF16, kcpu::GgmlType::kQ8_0, kcpu::GgmlType::kQ4_1}) {
+    for (const char* policy : {"streaming:budget=40,sinks=3,window=20", "h2o:budget=40",
+                               "snapkv:budget=33", "mikv:budget=40,bits=4"}) {
+      if (type == kcpu::GgmlType::kQ4_1 && std::string(policy).starts_with("mikv")) continue;
+      SCOPED_TRACE(::testing::Message() << kcpu::GetTypeTraits(type).name << " " << policy);
+      std::mt19937_64 rng(seed);
+      auto c = KvCache::Create(Shape(type, policy));
+      auto full = KvCache::Create(Shape(type, "full"));
+      ASSERT_TRUE(c.ok() && full.ok()) << c.status() << full.status();
+      const KvCache::Options& o = (*c)->options();
+      const int64_t n_head = 4, kv_dim = o.n_head_kv * o.head_dim, q_dim = n_head * o.head_dim;
+      std::vector<float> out(32 * q_dim);
+      for (int64_t pos = 0; pos < 400;) {
+        const int64_t n = 1 + static_cast<int64_t>(rng() % 31);
+        const std::vector<float> k = Random(rng, n * kv_dim), v = Random(rng, n * kv_dim),
+                                 q = Random(rng, n * q_dim);
+        for (KvCache* kv : {c->get(), full->get()}) {
+          for (int64_t l = 0; l < o.n_layer; ++l) {
+            kv->Append(l, pos, n, k.data(), v.data());
+            kv->Attend(l, q.data(), n, pos, n_head, 0.125f, out.data());
+          }
+          kv->Advance(n);
+        }
+        pos += n;
+      }
+      std::vector<float> k1(o.head_dim), v1(o.head_dim), k2(o.head_dim), v2(o.head_dim);
+      for (int64_t l = 0; l < o.n_layer; ++l) {
+        for (int64_t h = 0; h < o.n_head_kv; ++h) {
+          const std::vector<int64_t> kept = (*c)->KeptPositions(l, h);
+          const std::vector<int64_t> low = (*c)->LowPositions(l, h);
+          // Compression follows each chunk (at most 31 tokens), so at most that many over.
+          const int64_t limit = (*c)->high_budget() + (*c)->low_budget();
+          ASSERT_LE(static_cast<int64_t>(kept.size()), std::max((*c)->LayerBudget(l), limit) + 31);
+          for (size_t i = 0; i < kept.size(); ++i) {
+            if (std::find(low.begin(), low.end(), kept[i]) != low.end()) continue;
+            (*c)->ReadEntry(l, h, static_cast<int64_t>(i), k1.data(), v1.data());
+            (*full)->ReadEntry(l, h, kept[i], k2.data(), v2.data());
+            ASSERT_EQ(0, std::memcmp(k1.data(), k2.data(), k1.size() * sizeof(float)))
+                << "key of position " << kept[i] << " layer " << l << " head " << h;
+            ASSERT_EQ(0, std::memcmp(v1.data(), v2.data(), v1.size() * sizeof(float)))
+                << "value of position " << kept[i] << " layer " << l << " head " << h;
+          }
+        }
+      }
+    }
+  }
+}
+
+// A compressing cache in steady decode holds a bounded number of pages and takes no new
+// ones: what an eviction empties, the next append takes back.
+TEST(KvCachePagesTest, SteadyDecodeHoldsBoundedPagesAndTakesNoNewOnes) {
+  for (const kcpu::GgmlType type : {kcpu::GgmlType::kF16, kKvQ4Kivi}) {
+    SCOPED_TRACE(KvTypeName(type));
+    auto c = KvCache::Create(Shape(type, "streaming:budget=100"));
+    ASSERT_TRUE(c.ok()) << c.status();
+    const KvCache::Options& o = (*c)->options();
+    std::mt19937_64 rng(5);
+    const int64_t n_head = 4, kv_dim = o.n_head_kv * o.head_dim, q_dim = n_head * o.head_dim;
+    const std::vector<float> k = Random(rng, 64 * kv_dim), v = Random(rng, 64 * kv_dim),
+                             q = Random(rng, 64 * q_dim);
+    std::vector<float> out(64 * q_dim);
+    int64_t pos = 0;
+    auto step = [&](int64_t n) {
+      for (int64_t l = 0; l < o.n_layer; ++l) {
+        (*c)->Append(l, pos, n, k.data(), v.data());
+        (*c)->Attend(l, q.data(), n, pos, n_head, 0.125f, out.data());
+      }
+      (*c)->Advance(n);
+      pos += n;
+    };
+    step(64);
+    step(64);  // past the budget: compressed to 100 per head
+    for (int i = 0; i < 40; ++i) step(1);
+    const int64_t settled = (*c)->allocated_bytes();
+    for (int i = 0; i < 300; ++i) {
+      step(1);
+      ASSERT_EQ((*c)->allocated_bytes(), settled) << "decode step " << i;
+    }
+    // 101 rows at most between an append and its compression: 4 pages of 32 per head,
+    // plus q4kivi's groups (one page each) and residual keys.
+    const int64_t heads = o.n_layer * o.n_head_kv;
+    const int64_t row_page = 32 * 2 * 128;  // f16 rows of 64 values, key and value planes
+    if (type == kcpu::GgmlType::kF16) {
+      EXPECT_EQ(settled, heads * 4 * row_page);
+    } else {
+      EXPECT_LE(settled, heads * (4 * 32 * 40 + 5 * (32 * 32 + 4 * 64) + 2 * 32 * 128));
+    }
+    EXPECT_GE(settled, (*c)->bytes());
+    // Truncation empties pages into the pool; growing back one token at a time takes
+    // them again and no more.
+    (*c)->Truncate(20);
+    pos = 20;
+    for (int i = 0; i < 200; ++i) step(1);
+    EXPECT_EQ((*c)->allocated_bytes(), settled);
+  }
+}
+
+}  // namespace
+}  // namespace moex
