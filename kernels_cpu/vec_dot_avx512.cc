@@ -143,11 +143,6 @@ float DotQ4_0(const void* w, const void* x, int64_t n) {
       });
 }
 
-// Byte shuffle that broadcasts int16 element s of each 128-bit lane to the whole lane.
-__m256i Splat16(int s) {
-  return _mm256_set1_epi16(static_cast<int16_t>((2 * s) | ((2 * s + 1) << 8)));
-}
-
 // The mins term of Q4_K/Q5_K, lane l for sub-block l: dmin * m_l times d_x * (the sum of
 // x over the sub-block). Both factors are formed apart, the activation's once per token
 // (the batched kernel prepares it once for all the rows it runs), and one FMA per block
@@ -169,17 +164,13 @@ struct Q45Block {
   __m256i scb;
   __m256i hb;  // Q5_K: the fifth bits still to hand out (two per quarter)
   const uint8_t* qs;
-  int even_scale_sum;  // s[0] + s[2] + s[4] + s[6] (the batched kernel's bias correction)
-  __m256 mf;           // the eight mins as floats
+  __m256 mf;  // the eight mins as floats
 
   explicit Q45Block(const uint8_t* blk) : qs(blk + (kFive ? 48 : 16)) {
     std::memcpy(&d16, blk, 2);
     std::memcpy(&dmin16, blk + 2, 2);
     uint64_t sc8, m8;
     UnpackScalesK4(blk + 4, &sc8, &m8);
-    // Bytes 0, 2, 4, 6 summed into the top 16 bits by one multiply (each sum <= 4 * 63).
-    even_scale_sum =
-        static_cast<int>(((sc8 & 0x00FF00FF00FF00FFull) * 0x0001000100010001ull) >> 48);
     mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8))));
     scb = _mm256_broadcastsi128_si256(
         _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8))));
@@ -201,47 +192,80 @@ struct Q45Block {
   }
 };
 
+// The int16 scales a Q45Quarter multiplies by: s[2p] for elements 0..3 of each 128-bit
+// lane (the low sub-block's sums), s[2p+1] for elements 4..7 (the high one's).
+__m256i PairScales(__m256i scb, int p) {
+  // Bytes 4p, 4p+1 (element 2p) four times; then bytes 4p+2, 4p+3 (element 2p+1).
+  const int64_t lo = (4 * p) * 0x0001000100010001ll + (4 * p + 1) * 0x0100010001000100ll;
+  const int64_t hi = lo + 2 * 0x0101010101010101ll;
+  return _mm256_shuffle_epi8(scb, _mm256_set_epi64x(hi, lo, hi, lo));
+}
+
+// isum plus, per int32 lane, the scaled sums of a quarter of a Q4_K/Q5_K super-block for
+// one token: lo and hi's codes (sub-blocks 2p and 2p+1) times the token's 64 codes at xq
+// in two vpdpbusd (4 products to a lane, |sum| <= 4 * 31 * 128 < 2^15), packed side by
+// side to int16 (lo's lanes in elements 0..3 of each 128-bit lane, hi's in 4..7: vpackssdw
+// never saturates here) and multiplied by their scales (PairScales) in one vpdpwssd. Both
+// Q4_K/Q5_K kernels run exactly this per token and quarter, so each lane of the batched
+// kernel's sums holds the one-token kernel's integer.
+__m256i Q45Quarter(__m256i isum, __m256i lo, __m256i hi, const int8_t* xq, __m256i scales) {
+  const __m256i a = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, Load256(xq));
+  const __m256i b = _mm256_dpbusd_epi32(_mm256_setzero_si256(), hi, Load256(xq + 32));
+  return _mm256_dpwssd_epi32(isum, _mm256_packs_epi32(a, b), scales);
+}
+
 // Q4_K/Q5_K: qs byte 32p + l holds sub-blocks 2p (low nibble) and 2p+1 (high nibble) at
-// value l; Q5_K's fifth bit of sub-block s is bit s of qh[l]. 32 codes per ymm (the AVX2
-// kernel's data flow, with vpdpwssd fusing the scale multiply and the accumulation, in
-// two chains). A zmm version (two sub-blocks per register, put side by side with one
-// vshufi64x2) measured 10-20 % slower on the project's Zen 4, whose zmm instructions are
-// split into two ymm halves anyway; Intel cores with two 512-bit ports may prefer it.
+// value l; Q5_K's fifth bit of sub-block s is bit s of qh[l]. 32 codes per ymm, a quarter
+// of the block (sub-blocks 2p and 2p+1) per Q45Quarter, in two chains; the mins' term goes
+// into the same accumulator (the batched kernel then needs one accumulator per token, not
+// two: it runs out of registers otherwise). A zmm version (two sub-blocks per register, put side by
+// side with one vshufi64x2) measured 10-20 % slower on the project's Zen 4, whose zmm instructions
+// are split into two ymm halves anyway; Intel cores with two 512-bit ports may prefer it.
 template <bool kFive>
 float DotQ45_K(const void* w, const void* x, int64_t n) {
   const auto* w8 = static_cast<const uint8_t*>(w);
   const auto* bx = static_cast<const BlockQ8_K*>(x);
   const int64_t bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
-  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
     Q45Block<kFive> b(w8 + i * bytes);
     __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int p = 0; p < 4; ++p) {
       __m256i lo, hi;
       b.Codes(p, &lo, &hi);
-      const __m256i p0 = _mm256_maddubs_epi16(lo, Load256(bx[i].qs + 64 * p));
-      const __m256i p1 = _mm256_maddubs_epi16(hi, Load256(bx[i].qs + 64 * p + 32));
-      isum[0] = _mm256_dpwssd_epi32(isum[0], p0, _mm256_shuffle_epi8(b.scb, Splat16(2 * p)));
-      isum[1] = _mm256_dpwssd_epi32(isum[1], p1, _mm256_shuffle_epi8(b.scb, Splat16(2 * p + 1)));
+      isum[p % 2] = Q45Quarter(isum[p % 2], lo, hi, bx[i].qs + 64 * p, PairScales(b.scb, p));
     }
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[0], isum[1])),
                           _mm256_set1_ps(bx[i].d * H(b.d16)), acc);
-    accm =
-        _mm256_fmadd_ps(_mm256_mul_ps(b.mf, _mm256_set1_ps(H(b.dmin16))), MinsFactor(bx[i]), accm);
+    acc =
+        _mm256_fnmadd_ps(_mm256_mul_ps(b.mf, _mm256_set1_ps(H(b.dmin16))), MinsFactor(bx[i]), acc);
   }
-  return Hsum256(_mm256_sub_ps(acc, accm));
+  return Hsum256(acc);
 }
 
-// vpshufb control filling 128-bit lane j with int16 element base + j.
-__m512i SplatLanes(int base) {
-  return _mm512_inserti64x4(
-      _mm512_castsi256_si512(_mm256_set_m128i(
-          _mm_set1_epi16(static_cast<int16_t>((2 * base + 2) | ((2 * base + 3) << 8))),
-          _mm_set1_epi16(static_cast<int16_t>((2 * base) | ((2 * base + 1) << 8))))),
-      _mm256_set_m128i(
-          _mm_set1_epi16(static_cast<int16_t>((2 * base + 6) | ((2 * base + 7) << 8))),
-          _mm_set1_epi16(static_cast<int16_t>((2 * base + 4) | ((2 * base + 5) << 8)))),
-      1);
+// vpshufb control for Q6Part's scales: in 128-bit lane c, int16 element c four times (the
+// sub-block of the values 16c..16c+15 of the first 64), then element 4 + c four times (of
+// the values 64 + 16c.. of the second).
+__m512i Q6ScaleSelect() {
+  __m128i lanes[4];
+  for (int c = 0; c < 4; ++c) {
+    const int64_t lo = (2 * c) * 0x0001000100010001ll + (2 * c + 1) * 0x0100010001000100ll;
+    lanes[c] = _mm_set_epi64x(lo + 8 * 0x0101010101010101ll, lo);
+  }
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(lanes[1], lanes[0])),
+                            _mm256_set_m128i(lanes[3], lanes[2]), 1);
+}
+
+// isum plus half of a Q6_K block's scaled products for one token: its codes q0 (values
+// 0..63 of the half) and q1 (64..127) times the token's 128 codes at xq, four products to a
+// lane in two vpdpbusd (|sum| <= 4 * 63 * 128 < 2^15), packed side by side to int16 (never
+// saturating) and multiplied by their sub-blocks' scales (`scales`: Q6ScaleSelect applied
+// to the half's scales) in one vpdpwssd. Both Q6_K kernels run exactly this per token and
+// half, so each lane of the batched kernel's sums holds the one-token kernel's integer.
+__m512i Q6Part(__m512i isum, __m512i q0, __m512i q1, const int8_t* xq, __m512i scales) {
+  const __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q0, Load512(xq));
+  const __m512i b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q1, Load512(xq + 64));
+  return _mm512_dpwssd_epi32(isum, _mm512_packs_epi32(a, b), scales);
 }
 
 // Half h of a Q6_K block as both Q6_K kernels read it: the 6-bit codes of values
@@ -275,7 +299,7 @@ __m256i NegScales32(__m256i sc16) {
 float DotQ6_K(const void* w, const void* x, int64_t n) {
   const auto* bw = static_cast<const BlockQ6_K*>(w);
   const auto* bx = static_cast<const BlockQ8_K*>(x);
-  const __m512i sel_lo = SplatLanes(0), sel_hi = SplatLanes(4);
+  const __m512i select = Q6ScaleSelect();
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
     const __m256i sc16 =
@@ -287,10 +311,7 @@ float DotQ6_K(const void* w, const void* x, int64_t n) {
     for (int h = 0; h < 2; ++h) {
       __m512i q0, q1, scb;
       Q6Half(bw[i], h, sc16, &q0, &q1, &scb);
-      const __m512i p0 = _mm512_maddubs_epi16(q0, Load512(bx[i].qs + 128 * h));
-      const __m512i p1 = _mm512_maddubs_epi16(q1, Load512(bx[i].qs + 128 * h + 64));
-      isum = _mm512_dpwssd_epi32(isum, p0, _mm512_shuffle_epi8(scb, sel_lo));
-      isum = _mm512_dpwssd_epi32(isum, p1, _mm512_shuffle_epi8(scb, sel_hi));
+      isum = Q6Part(isum, q0, q1, bx[i].qs + 128 * h, _mm512_shuffle_epi8(scb, select));
     }
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(bx[i].d * H(bw[i].d)), acc);
   }
@@ -309,60 +330,44 @@ float DotQ6_K(const void* w, const void* x, int64_t n) {
 // reduction.
 
 // DotQ45_K<kFive>, NT tokens (Q4_K and Q5_K share the d, dmin, scales and qs layout;
-// Q5_K's qh sits between scales and qs). Per 64 codes and token, DotQ45_K spends
-// maddubs + dpwssd + dpwssd; this kernel spends two vpdpbusd, a shift, an or and one
-// vpdpwssd, with no per-token blend or second zeroed register:
-//   h = dpbusd(0, hi, x1)                  each lane: d1, the sum of its 4 products
-//   V = dpbusd((h << 16) | B, lo, x0)      (d1 << 16) + B + d0
-//   isum += dpwssd(V, (s[2p], s[2p+1]))    s[2p] * (d0 + B) + s[2p+1] * d1
-// The bias B = 2^14 keeps d0 + B in 0..32767 (|d0| <= 4 * 31 * 128 = 15872 for Q5_K's
-// 5-bit codes), so V's low int16 half is d0 + B and its high half exactly d1, whatever
-// their signs. isum starts at -B * (s[0] + s[2] + s[4] + s[6]), which takes the bias out
-// again: each lane ends with the same exact integer as the one-token kernel's two chains,
-// so the float side below (the same cvt, product and fma per token as DotQ45_K) gives the
-// same bits. The factors d_x * d_w are broadcast-loads times a splatted d_w (the same
-// rounded product as a scalar multiply, without the register broadcast). Measured on Zen 4:
-// see docs/PERFORMANCE.md. A zmm Q4_K (two sub-blocks per register) was 12 % slower: these
-// kernels are bound by the vector pipes of Zen 4, which splits zmm work into ymm halves.
+// Q5_K's qh sits between scales and qs): per quarter the codes and their scales are
+// unpacked once, and each token runs Q45Quarter on them (two vpdpbusd, a vpackssdw and a
+// vpdpwssd per 64 codes), as the one-token kernel does. The float side repeats
+// DotQ45_K's operations per token: the same cvt, d_x * d_w product and FMA, then the
+// mins' FNMA into the same accumulator. The factors d_x * d_w are broadcast-loads times a
+// splatted d_w (the same rounded product as a scalar multiply, without the register
+// broadcast). Measured on Zen 4: see docs/PERFORMANCE.md. A zmm Q4_K (two sub-blocks per
+// register) was 12 % slower: Zen 4 splits zmm work into ymm halves; 12 tokens to a group
+// instead of 8 was 10 % slower (registers).
 template <bool kFive, int NT>
 void DotQ45_KBatch(const void* w, const void* const* x, const Floats8* const* mins, int64_t n,
                    float* out) {
-  constexpr int kBias = 1 << 14;
   const auto* w8 = static_cast<const uint8_t*>(w);
   const int64_t bytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
   const BlockQ8_K* bx[NT];
   for (int j = 0; j < NT; ++j) bx[j] = static_cast<const BlockQ8_K*>(x[j]);
-  __m256 acc[NT], accm[NT];
-  for (int j = 0; j < NT; ++j) acc[j] = accm[j] = _mm256_setzero_ps();
-  const __m256i bias = _mm256_set1_epi32(kBias);
+  __m256 acc[NT];
+  for (int j = 0; j < NT; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
     Q45Block<kFive> b(w8 + i * bytes);
     const __m256 dw = _mm256_set1_ps(H(b.d16));
     const __m256 mw = _mm256_mul_ps(b.mf, _mm256_set1_ps(H(b.dmin16)));
-    const __m256i unbias = _mm256_set1_epi32(-kBias * b.even_scale_sum);
     __m256i isum[NT];
-    for (int j = 0; j < NT; ++j) isum[j] = unbias;
+    for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
     for (int p = 0; p < 4; ++p) {
       __m256i lo, hi;
       b.Codes(p, &lo, &hi);
-      // The scale pair (s[2p], s[2p+1]) as the two int16 halves of every int32 lane.
-      const __m256i s01 = _mm256_blend_epi16(_mm256_shuffle_epi8(b.scb, Splat16(2 * p)),
-                                             _mm256_shuffle_epi8(b.scb, Splat16(2 * p + 1)), 0xAA);
-      for (int j = 0; j < NT; ++j) {
-        const int8_t* xq = bx[j][i].qs + 64 * p;
-        const __m256i h = _mm256_dpbusd_epi32(_mm256_setzero_si256(), hi, Load256(xq + 32));
-        const __m256i v =
-            _mm256_dpbusd_epi32(_mm256_or_si256(_mm256_slli_epi32(h, 16), bias), lo, Load256(xq));
-        isum[j] = _mm256_dpwssd_epi32(isum[j], v, s01);
-      }
+      const __m256i scales = PairScales(b.scb, p);
+      for (int j = 0; j < NT; ++j)
+        isum[j] = Q45Quarter(isum[j], lo, hi, bx[j][i].qs + 64 * p, scales);
     }
     for (int j = 0; j < NT; ++j) {
       const __m256 dx = _mm256_broadcast_ss(&bx[j][i].d);
       acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(dx, dw), acc[j]);
-      accm[j] = _mm256_fmadd_ps(mw, _mm256_load_ps(mins[j][i].v), accm[j]);
+      acc[j] = _mm256_fnmadd_ps(mw, _mm256_load_ps(mins[j][i].v), acc[j]);
     }
   }
-  for (int j = 0; j < NT; ++j) out[j] = Hsum256(_mm256_sub_ps(acc[j], accm[j]));
+  for (int j = 0; j < NT; ++j) out[j] = Hsum256(acc[j]);
 }
 
 // DotQ6_K, NT tokens.
@@ -371,7 +376,7 @@ void DotQ6_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
   const auto* bw = static_cast<const BlockQ6_K*>(w);
   const BlockQ8_K* bx[NT];
   for (int j = 0; j < NT; ++j) bx[j] = static_cast<const BlockQ8_K*>(x[j]);
-  const __m512i sel_lo = SplatLanes(0), sel_hi = SplatLanes(4);
+  const __m512i select = Q6ScaleSelect();
   __m512 acc[NT];
   for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; ++i) {
@@ -387,13 +392,8 @@ void DotQ6_KBatch(const void* w, const void* const* x, int64_t n, float* out) {
     for (int h = 0; h < 2; ++h) {
       __m512i q0, q1, scb;
       Q6Half(b, h, sc16, &q0, &q1, &scb);
-      const __m512i s_lo = _mm512_shuffle_epi8(scb, sel_lo);
-      const __m512i s_hi = _mm512_shuffle_epi8(scb, sel_hi);
-      for (int j = 0; j < NT; ++j) {
-        const int8_t* xq = bx[j][i].qs + 128 * h;
-        isum[j] = _mm512_dpwssd_epi32(isum[j], _mm512_maddubs_epi16(q0, Load512(xq)), s_lo);
-        isum[j] = _mm512_dpwssd_epi32(isum[j], _mm512_maddubs_epi16(q1, Load512(xq + 64)), s_hi);
-      }
+      const __m512i scales = _mm512_shuffle_epi8(scb, select);
+      for (int j = 0; j < NT; ++j) isum[j] = Q6Part(isum[j], q0, q1, bx[j][i].qs + 128 * h, scales);
     }
     for (int j = 0; j < NT; ++j) {
       acc[j] =
