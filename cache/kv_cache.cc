@@ -89,10 +89,13 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
   // page holds kKvPageTokens positions; a q4kivi group is kKiviGroup positions already, a
   // page of its own.
   c->v_plane_ = kivi ? 0 : 1;
-  c->row_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * (kivi ? 1 : 2) * c->row_bytes_);
-  c->low_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * 2 * c->low_row_bytes_);
-  c->group_pages_ = std::make_unique<KvPagePool>(c->group_bytes_);
-  c->residual_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * o.head_dim * 2);
+  c->bytes_left_ = o.max_bytes;
+  std::atomic<int64_t>* left = o.max_bytes > 0 ? &c->bytes_left_ : nullptr;
+  c->row_pages_ =
+      std::make_unique<KvPagePool>(kKvPageTokens * (kivi ? 1 : 2) * c->row_bytes_, left);
+  c->low_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * 2 * c->low_row_bytes_, left);
+  c->group_pages_ = std::make_unique<KvPagePool>(c->group_bytes_, left);
+  c->residual_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * o.head_dim * 2, left);
   c->heads_.resize(o.n_layer * o.n_head_kv);
   for (Head& s : c->heads_) c->BindRows(s);
   c->ResetSplit();
@@ -116,7 +119,8 @@ absl::Status KvCache::Reserve(int64_t n_new) const {
   return absl::OkStatus();
 }
 
-void KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k, const float* v) {
+absl::Status KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k,
+                             const float* v) {
   const int64_t hd = o_.head_dim, kv_dim = o_.n_head_kv * hd;
   for (int64_t h = 0; h < o_.n_head_kv; ++h) {
     Head& s = head(layer, h);
@@ -124,11 +128,13 @@ void KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k, con
     for (int64_t t = 0; t < n; ++t) {
       const int32_t slot = s.rows.Append();
       const float* kt = k + t * kv_dim + h * hd;
-      if (kivi_) {
-        AppendKiviKey(s, kt);
-      } else {
-        kcpu::QuantizeRow(row_type_, kt, s.rows.row(slot, 0), hd);
+      if (slot < 0 || (kivi_ && !AppendKiviKey(s, kt))) {
+        if (slot >= 0) s.rows.PopBack();
+        bytes_ += HeadBytes(s) - before;
+        peak_bytes_ = std::max(peak_bytes_, bytes_);
+        return OutOfMemory(layer, h);
       }
+      if (!kivi_) kcpu::QuantizeRow(row_type_, kt, s.rows.row(slot, 0), hd);
       kcpu::QuantizeRow(row_type_, v + t * kv_dim + h * hd, s.rows.row(slot, v_plane_), hd);
       s.slot.push_back(slot);
       s.pos.push_back(pos0 + t);
@@ -136,22 +142,37 @@ void KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float* k, con
       s.last.push_back(0.0f);
       s.low.push_back(0);
     }
-    while (s.residual.size() >= kKiviGroup) FormKiviGroup(s);
+    // Without memory for a group the keys wait in f16, exact; the next append that needs
+    // a page reports the shortage.
+    while (s.residual.size() >= kKiviGroup && FormKiviGroup(s)) {
+    }
     bytes_ += HeadBytes(s) - before;
   }
   peak_bytes_ = std::max(peak_bytes_, bytes_);
+  return absl::OkStatus();
 }
 
-void KvCache::AppendKiviKey(Head& s, const float* k) {
+absl::Status KvCache::OutOfMemory(int64_t layer, int64_t h) const {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "KV cache: no memory for another page of layer ", layer, " KV head ", h, " (",
+      allocated_bytes(), " bytes of pages held",
+      o_.max_bytes > 0 ? absl::StrCat(", limit ", o_.max_bytes) : std::string(),
+      "); use a smaller context (-c), --kv-type q8 or q4, or a KV policy with a budget"));
+}
+
+bool KvCache::AppendKiviKey(Head& s, const float* k) {
   const int32_t r = s.residual.Append();
+  if (r < 0) return false;
   uint16_t* dst = reinterpret_cast<uint16_t*>(s.residual.row(r));
   for (int64_t c = 0; c < o_.head_dim; ++c) dst[c] = kcpu::FloatToHalf(k[c]);
   s.kslot.push_back(-1 - r);
+  return true;
 }
 
-void KvCache::FormKiviGroup(Head& s) {
+bool KvCache::FormKiviGroup(Head& s) {
   const int64_t hd = o_.head_dim;
   const int32_t g = s.groups.Append();
+  if (g < 0) return false;
   s.group_live.push_back(0);
   // The oldest residual keys, in position order.
   std::vector<int32_t>& members = s.tmp;
@@ -194,6 +215,7 @@ void KvCache::FormKiviGroup(Head& s) {
   }
   s.group_live[g] = static_cast<int32_t>(members.size());
   FreeRows(s);
+  return true;
 }
 
 const float* KvCache::ReadKiviKey(const Head& s, int64_t i, float* buf) const {
@@ -450,19 +472,24 @@ int64_t KvCache::Compress(Head& s, int64_t budget) {
     policy_->SelectEvictions(view, budget, &evict);
   }
   const int64_t before = HeadBytes(s);
-  if (!demote.empty()) {
-    std::vector<float> buf(o_.head_dim);
-    for (int32_t i : demote) Demote(s, i, buf.data());
-  }
   std::vector<uint8_t> drop(n, 0);
   for (int32_t i : evict) drop[i] = 1;
+  if (!demote.empty()) {
+    // Without memory for a low-precision row the entry is dropped instead: the cache
+    // stays within its budget and attention goes on.
+    std::vector<float> buf(o_.head_dim);
+    for (int32_t i : demote) {
+      if (!Demote(s, i, buf.data())) drop[i] = 1;
+    }
+  }
   DropEntries(s, drop.data(), 0);
   return HeadBytes(s) - before;
 }
 
-void KvCache::Demote(Head& s, int64_t i, float* buf) {
+bool KvCache::Demote(Head& s, int64_t i, float* buf) {
   const int64_t hd = o_.head_dim;
   const int32_t slot = s.low_rows.Append();
+  if (slot < 0) return false;
   for (bool key : {true, false}) {
     const float* x = ReadRow(s, key, i, buf);
     uint8_t* dst = s.low_rows.row(slot, key ? 0 : 1);
@@ -478,6 +505,7 @@ void KvCache::Demote(Head& s, int64_t i, float* buf) {
   s.slot[i] = slot;
   s.low[i] = 1;
   ++s.n_low;
+  return true;
 }
 
 void KvCache::Clear() {
@@ -493,7 +521,8 @@ void KvCache::Clear() {
 }
 
 void KvCache::Truncate(int64_t n) {
-  if (n < 0 || n >= n_past_) return;
+  // n == n_past_ still drops what a failed step appended beyond it.
+  if (n < 0 || n > n_past_) return;
   for (Head& s : heads_) {
     const size_t keep = std::lower_bound(s.pos.begin(), s.pos.end(), n) - s.pos.begin();
     const int64_t before = HeadBytes(s);

@@ -40,6 +40,7 @@
 #ifndef MOEX_CACHE_KV_CACHE_H_
 #define MOEX_CACHE_KV_CACHE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -70,6 +71,8 @@ class KvCache {
     int64_t head_dim = 0;
     kcpu::GgmlType type = kcpu::GgmlType::kF32;
     KvPolicyConfig policy;
+    // The most bytes of pages the cache may hold (allocated_bytes()); 0: as memory allows.
+    int64_t max_bytes = 0;
   };
   // Errors: kInvalidArgument for a bad shape, or a quantised type whose blocks do not
   // divide head_dim.
@@ -86,8 +89,10 @@ class KvCache {
   // Checks that n_new more positions fit in the context.
   absl::Status Reserve(int64_t n_new) const;
   // Stores the keys and values of n tokens at positions pos0.. for `layer`: k and v are
-  // [n][n_head_kv * head_dim], keys after RoPE.
-  void Append(int64_t layer, int64_t pos0, int64_t n, const float* k, const float* v);
+  // [n][n_head_kv * head_dim], keys after RoPE. kResourceExhausted, naming the layer, head
+  // and bytes held, when a page cannot be had (max_bytes, or memory): the positions stored
+  // before stay, and Truncate(pos0) takes them back out.
+  absl::Status Append(int64_t layer, int64_t pos0, int64_t n, const float* k, const float* v);
   // Causal attention of n queries q[n][n_head * head_dim] at positions pos0.. over the
   // kept positions of `layer` (query head h reads KV head h / (n_head / n_head_kv));
   // writes out[n][n_head * head_dim]; then lets the policy bring each head within budget.
@@ -96,7 +101,7 @@ class KvCache {
   // Marks n positions as done (after every layer appended and attended them).
   void Advance(int64_t n) { n_past_ += n; }
   void Clear();
-  // Forgets positions >= n.
+  // Forgets positions >= n (n <= size(); n == size() drops what a failed step appended).
   void Truncate(int64_t n);
 
   // Bytes of the kept rows now, and the most there have been since creation or Clear.
@@ -150,7 +155,7 @@ class KvCache {
   // bytes.
   int64_t Compress(Head& hd, int64_t budget);
   // mikv: moves entry i to the low-precision pool (buf: head_dim floats of scratch).
-  void Demote(Head& hd, int64_t i, float* buf);
+  bool Demote(Head& hd, int64_t i, float* buf);  // false: no page for the low row
   // Decodes entry i's key (or value) row into buf, or points into the slot when it is
   // stored as f32.
   const float* ReadRow(const Head& hd, bool key, int64_t i, float* buf) const;
@@ -167,8 +172,10 @@ class KvCache {
   void DropEntries(Head& hd, const uint8_t* drop, int64_t keep);
   // q4kivi: stores a key in the residual; quantises the oldest kKiviGroup residual keys
   // into a group; decodes entry i's key.
-  void AppendKiviKey(Head& hd, const float* k);
-  void FormKiviGroup(Head& hd);
+  // False when no page can be had.
+  bool AppendKiviKey(Head& hd, const float* k);
+  bool FormKiviGroup(Head& hd);
+  absl::Status OutOfMemory(int64_t layer, int64_t h) const;
   const float* ReadKiviKey(const Head& hd, int64_t i, float* buf) const;
   // cake: the last layer has attended the measuring batch; set every layer's budget.
   void SplitBudgets();
@@ -188,6 +195,7 @@ class KvCache {
   std::unique_ptr<KvPolicy> policy_;
   // The pages of each row store, shared by every head (declared before heads_, which hand
   // their pages back when destroyed).
+  std::atomic<int64_t> bytes_left_{0};  // of max_bytes, when set
   std::unique_ptr<KvPagePool> row_pages_, low_pages_, group_pages_, residual_pages_;
   std::vector<Head> heads_;
   int64_t n_past_ = 0;

@@ -25,15 +25,20 @@ uint8_t* KvPagePool::Take() {
       free_.pop_back();
       return p;
     }
-    ++allocated_;
   }
-  try {
-    return static_cast<uint8_t*>(::operator new(static_cast<size_t>(page_bytes_), kPageAlign));
-  } catch (...) {
-    std::lock_guard<std::mutex> lock(mu_);
-    --allocated_;
-    throw;
+  if (bytes_left_ != nullptr && bytes_left_->fetch_sub(page_bytes_) < page_bytes_) {
+    bytes_left_->fetch_add(page_bytes_);
+    return nullptr;
   }
+  auto* p = static_cast<uint8_t*>(
+      ::operator new(static_cast<size_t>(page_bytes_), kPageAlign, std::nothrow));
+  if (p == nullptr) {
+    if (bytes_left_ != nullptr) bytes_left_->fetch_add(page_bytes_);
+    return nullptr;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  ++allocated_;
+  return p;
 }
 
 void KvPagePool::Give(uint8_t* page) {
@@ -80,10 +85,20 @@ KvRows& KvRows::operator=(KvRows&& o) noexcept {
 
 int32_t KvRows::Append() {
   if ((size_ & mask_) == 0 && size_ >> shift_ == static_cast<int32_t>(pages_.size())) {
-    pages_.push_back(nullptr);  // may throw; then nothing is taken
-    pages_.back() = pool_->Take();
+    pages_.reserve(pages_.size() + 1);  // may throw; then nothing is taken yet
+    uint8_t* page = pool_->Take();
+    if (page == nullptr) return -1;
+    pages_.push_back(page);
   }
   return size_++;
+}
+
+void KvRows::PopBack() {
+  --size_;
+  if (static_cast<size_t>((size_ + mask_) >> shift_) < pages_.size()) {
+    pool_->Give(pages_.back());
+    pages_.pop_back();
+  }
 }
 
 void KvRows::Remove(std::span<const uint8_t> dead, std::vector<int32_t>* remap) {

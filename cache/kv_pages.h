@@ -20,6 +20,7 @@
 #ifndef MOEX_CACHE_KV_PAGES_H_
 #define MOEX_CACHE_KV_PAGES_H_
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <span>
@@ -33,13 +34,16 @@ inline constexpr int64_t kKvPageTokens = 32;
 
 class KvPagePool {
  public:
-  explicit KvPagePool(int64_t page_bytes) : page_bytes_(page_bytes) {}
+  // bytes_left: a byte budget shared with other pools (may be null: none); each new page
+  // takes its bytes from it, for good.
+  explicit KvPagePool(int64_t page_bytes, std::atomic<int64_t>* bytes_left = nullptr)
+      : page_bytes_(page_bytes), bytes_left_(bytes_left) {}
   ~KvPagePool();
   KvPagePool(const KvPagePool&) = delete;
   KvPagePool& operator=(const KvPagePool&) = delete;
 
-  // A page of page_bytes(), 64-byte aligned: one handed back earlier, or a new one.
-  // Throws std::bad_alloc as operator new does when memory is out.
+  // A page of page_bytes(), 64-byte aligned: one handed back earlier, or a new one; null
+  // when the budget or the memory is out.
   uint8_t* Take();
   void Give(uint8_t* page);
   // Frees the pages nobody holds.
@@ -52,6 +56,7 @@ class KvPagePool {
 
  private:
   const int64_t page_bytes_;
+  std::atomic<int64_t>* const bytes_left_;
   mutable std::mutex mu_;
   std::vector<uint8_t*> free_;
   int64_t allocated_ = 0;
@@ -97,8 +102,11 @@ class KvRows {
     return Plane{pages_.data(), row_bytes_, p * plane_bytes_, shift_, mask_};
   }
 
-  // A new row at the end (its bytes undefined); takes a page when the last one is full.
+  // A new row at the end (its bytes undefined), taking a page when the last one is full;
+  // -1 when no page can be had (the rows are unchanged).
   int32_t Append();
+  // Drops the last row (the undo of an Append).
+  void PopBack();
   // Frees every row i with dead[i] != 0 (dead holds size() flags): rows from the end move
   // into the holes, emptied pages go back to the pool. Writes to *remap, for each old index,
   // its new one (-1 for a freed row).

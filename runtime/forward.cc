@@ -27,7 +27,7 @@ void NormRows(float* y, const std::vector<float>& w, int64_t n_tokens, int64_t w
 
 }  // namespace
 
-void Forward::Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, float* out) {
+absl::Status Forward::Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, float* out) {
   const HParams& hp = w_->hp;
   const LayerWeights& l = w_->layers[il];
   const int64_t Q = hp.q_dim(), KV = hp.kv_dim();
@@ -56,11 +56,12 @@ void Forward::Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, f
     kcpu::Rope(k_.data() + t * KV, hp.n_head_kv, hp.head_dim, hp.n_rot, pos0 + t, hp.rope_freq_base,
                neox);
   }
-  kv_->Append(il, pos0, n, k_.data(), v_.data());
+  MOEX_RETURN_IF_ERROR(kv_->Append(il, pos0, n, k_.data(), v_.data()));
   attn_.resize(n * Q);
   kv_->Attend(il, q_.data(), n, pos0, hp.n_head, 1.0f / std::sqrt(static_cast<float>(hp.head_dim)),
               attn_.data());
   kcpu::MatMul(l.wo.type, l.wo.data, hp.n_embd, Q, attn_.data(), n, out);
+  return absl::OkStatus();
 }
 
 absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
@@ -103,7 +104,10 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
     for (int64_t t = 0; t < n; ++t) {
       kcpu::RmsNorm(x_.data() + t * E, l.attn_norm.data(), E, hp.rms_eps, cur_.data() + t * E);
     }
-    Attention(il, cur_.data(), n, pos0, ffn_.data());
+    if (absl::Status st = Attention(il, cur_.data(), n, pos0, ffn_.data()); !st.ok()) {
+      kv_->Truncate(pos0);  // the cache is left as it was
+      return st;
+    }
     kcpu::Axpy(1.0f, ffn_.data(), x_.data(), n * E);
 
     for (int64_t t = 0; t < n; ++t) {

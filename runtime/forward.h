@@ -45,7 +45,7 @@ class Forward {
   void set_gpu(GpuForward* gpu) { gpu_ = gpu; }
 
  private:
-  void Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, float* out);
+  absl::Status Attention(int64_t il, const float* cur, int64_t n, int64_t pos0, float* out);
 
   const ModelWeights* w_;
   KvCache* kv_;

@@ -71,7 +71,7 @@ Outputs Drive(KvCache& c, int64_t n_head, int64_t pre, int64_t dec, uint64_t see
   for (int64_t pos = 0; pos < total;) {
     const int64_t n = pos == 0 ? pre : 1;
     for (int64_t l = 0; l < o.n_layer; ++l) {
-      c.Append(l, pos, n, k.data() + pos * kvd, v.data() + pos * kvd);
+      EXPECT_TRUE(c.Append(l, pos, n, k.data() + pos * kvd, v.data() + pos * kvd).ok());
       c.Attend(l, q.data() + pos * qd, n, pos, n_head, scale, r.out.data() + pos * qd);
     }
     c.Advance(n);

@@ -38,7 +38,7 @@ std::unique_ptr<KvCache> Filled(kcpu::GgmlType type, const char* policy, int64_t
   auto c = KvCache::Create(o);
   EXPECT_TRUE(c.ok()) << c.status();
   for (int64_t t = 0; t < n; ++t) {
-    (*c)->Append(0, t, 1, k.data() + t * kHd, v.data() + t * kHd);
+    EXPECT_TRUE((*c)->Append(0, t, 1, k.data() + t * kHd, v.data() + t * kHd).ok());
     std::vector<float> q(kHd, 0.0f), out(kHd);
     (*c)->Attend(0, q.data(), 1, t, 1, 1.0f, out.data());
     (*c)->Advance(1);
@@ -145,7 +145,7 @@ TEST(KvKiviTest, AttentionStaysWithinTheQ4Bound) {
   kcpu::AttentionShape shape{n_head, 2, kHd, scale};
   for (int64_t pos = 0; pos < total;) {
     const int64_t n = pos == 0 ? 40 : 1;
-    (*c)->Append(0, pos, n, k.data() + pos * kvd, v.data() + pos * kvd);
+    EXPECT_TRUE((*c)->Append(0, pos, n, k.data() + pos * kvd, v.data() + pos * kvd).ok());
     (*c)->Attend(0, q.data() + pos * qd, n, pos, n_head, scale, out.data() + pos * qd);
     (*c)->Advance(n);
     kcpu::CausalAttention(shape, q.data() + pos * qd, n, pos, k.data(), v.data(), kvd,

@@ -97,7 +97,7 @@ void Feed(KvCache& c, int64_t n_head, int64_t total, int64_t chunk,
     const int64_t n = std::min(chunk, total - pos);
     for (int64_t l = 0; l < o.n_layer; ++l) {
       for (int64_t i = 0; i < n * qd; ++i) ql[i] = q[pos * qd + i] * scale[l];
-      c.Append(l, pos, n, k.data() + pos * kvd, v.data() + pos * kvd);
+      EXPECT_TRUE(c.Append(l, pos, n, k.data() + pos * kvd, v.data() + pos * kvd).ok());
       c.Attend(l, ql.data(), n, pos, n_head, 0.2f, out.data());
     }
     c.Advance(n);

@@ -75,7 +75,7 @@ double RunError(const char* spec, kcpu::GgmlType type, KvCache** keep_cache,
   double err = 0, norm = 0;
   for (int64_t pos = 0; pos < total;) {
     const int64_t n = pos == 0 ? pre : 1;
-    kv.Append(0, pos, n, k.data() + pos * kvd, v.data() + pos * kvd);
+    EXPECT_TRUE(kv.Append(0, pos, n, k.data() + pos * kvd, v.data() + pos * kvd).ok());
     kv.Attend(0, q.data() + pos * qd, n, pos, n_head, scale, out.data() + pos * qd);
     kv.Advance(n);
     kcpu::CausalAttention(shape, q.data() + pos * qd, n, pos, k.data(), v.data(), kvd,

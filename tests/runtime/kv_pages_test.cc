@@ -4,6 +4,7 @@
 // positions it keeps, in a bounded number of pages.
 #include "cache/kv_pages.h"
 
+#include <cmath>
 #include <cstring>
 #include <random>
 
@@ -146,7 +147,7 @@ TEST(KvCachePagesTest, KeptEntriesReadBackAsStored) {
                                  q = Random(rng, n * q_dim);
         for (KvCache* kv : {c->get(), full->get()}) {
           for (int64_t l = 0; l < o.n_layer; ++l) {
-            kv->Append(l, pos, n, k.data(), v.data());
+            EXPECT_TRUE(kv->Append(l, pos, n, k.data(), v.data()).ok());
             kv->Attend(l, q.data(), n, pos, n_head, 0.125f, out.data());
           }
           kv->Advance(n);
@@ -192,7 +193,7 @@ TEST(KvCachePagesTest, SteadyDecodeHoldsBoundedPagesAndTakesNoNewOnes) {
     int64_t pos = 0;
     auto step = [&](int64_t n) {
       for (int64_t l = 0; l < o.n_layer; ++l) {
-        (*c)->Append(l, pos, n, k.data(), v.data());
+        EXPECT_TRUE((*c)->Append(l, pos, n, k.data(), v.data()).ok());
         (*c)->Attend(l, q.data(), n, pos, n_head, 0.125f, out.data());
       }
       (*c)->Advance(n);
@@ -223,6 +224,75 @@ TEST(KvCachePagesTest, SteadyDecodeHoldsBoundedPagesAndTakesNoNewOnes) {
     for (int i = 0; i < 200; ++i) step(1);
     EXPECT_EQ((*c)->allocated_bytes(), settled);
   }
+}
+
+}  // namespace
+}  // namespace moex
+
+namespace moex {
+namespace {
+
+// A cache whose pages run out (its byte limit) says so, naming the layer, the head and
+// the limit, keeps what it had, and Truncate takes back a half-stored step.
+TEST(KvCachePagesTest, RunningOutOfPagesIsAnErrorAndTruncateRestores) {
+  for (const kcpu::GgmlType type : {kcpu::GgmlType::kF16, kKvQ4Kivi}) {
+    SCOPED_TRACE(KvTypeName(type));
+    KvCache::Options o = Shape(type, "full");
+    o.max_bytes = 8 * 32 * 2 * 128 + 1000;  // two f16 pages per head (4 heads), and change
+    auto c = KvCache::Create(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    std::mt19937_64 rng(8);
+    const int64_t kv_dim = o.n_head_kv * o.head_dim;
+    const std::vector<float> k = Random(rng, 64 * kv_dim), v = Random(rng, 64 * kv_dim);
+    int64_t pos = 0;
+    absl::Status st;
+    for (; pos < 1024 && st.ok(); pos += 16) {
+      for (int64_t l = 0; l < o.n_layer && st.ok(); ++l) {
+        st = (*c)->Append(l, pos, 16, k.data(), v.data());
+      }
+      if (st.ok()) (*c)->Advance(16);
+    }
+    ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+    EXPECT_NE(st.message().find("layer"), std::string::npos) << st;
+    EXPECT_NE(st.message().find("limit"), std::string::npos) << st;
+    EXPECT_LE((*c)->allocated_bytes(), o.max_bytes);
+    const int64_t size = (*c)->size();
+    EXPECT_GT(size, 0);
+    (*c)->Truncate(size);
+    for (int64_t l = 0; l < o.n_layer; ++l) {
+      for (int64_t h = 0; h < o.n_head_kv; ++h) {
+        const std::vector<int64_t> kept = (*c)->KeptPositions(l, h);
+        ASSERT_EQ(static_cast<int64_t>(kept.size()), size) << "layer " << l << " head " << h;
+        EXPECT_EQ(kept.back(), size - 1);
+      }
+    }
+    // What was stored reads back; a smaller step after the failure fits again once
+    // positions are given back.
+    (*c)->Truncate(size / 2);
+    EXPECT_TRUE((*c)->Append(0, size / 2, 16, k.data(), v.data()).ok());
+  }
+}
+
+// mikv demotes into a pool of its own; when no page can be had for a demoted row, the
+// entry is dropped instead and the cache stays within its budget.
+TEST(KvCachePagesTest, MikvDropsWhatItCannotDemote) {
+  KvCache::Options o = Shape(kcpu::GgmlType::kF16, "mikv:budget=64,hi=0.5,bits=4");
+  o.n_layer = 1;
+  o.n_head_kv = 1;
+  o.max_bytes = 3 * 32 * 2 * 128;  // three pages of f16 rows, none left for q4 rows
+  auto c = KvCache::Create(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::mt19937_64 rng(2);
+  const int64_t n_head = 2, kv_dim = o.head_dim, q_dim = n_head * o.head_dim;
+  const std::vector<float> k = Random(rng, 80 * kv_dim), v = Random(rng, 80 * kv_dim),
+                           q = Random(rng, 80 * q_dim);
+  std::vector<float> out(80 * q_dim);
+  ASSERT_TRUE((*c)->Append(0, 0, 80, k.data(), v.data()).ok());
+  (*c)->Attend(0, q.data(), 80, 0, n_head, 0.125f, out.data());
+  (*c)->Advance(80);
+  EXPECT_TRUE((*c)->LowPositions(0, 0).empty());
+  EXPECT_EQ(static_cast<int64_t>((*c)->KeptPositions(0, 0).size()), (*c)->high_budget());
+  for (float x : out) ASSERT_TRUE(std::isfinite(x));
 }
 
 }  // namespace

@@ -456,7 +456,7 @@ TEST(MoeExecutorTest, AttendAllocatesNothingInDecode) {
     std::vector<float> out(40 * q_dim);
     // A prefill of 20, then decode steps; the first decode steps grow the scratch.
     for (int64_t l = 0; l < o.n_layer; ++l) {
-      (*kv)->Append(l, 0, 20, k.data(), v.data());
+      EXPECT_TRUE((*kv)->Append(l, 0, 20, k.data(), v.data()).ok());
       (*kv)->Attend(l, q.data(), 20, 0, n_head, 0.125f, out.data());
     }
     (*kv)->Advance(20);
@@ -467,7 +467,8 @@ TEST(MoeExecutorTest, AttendAllocatesNothingInDecode) {
     int64_t news = 0;
     for (int64_t pos = 20; pos < 40; ++pos) {
       for (int64_t l = 0; l < o.n_layer; ++l) {
-        (*kv)->Append(l, pos, 1, k.data() + pos * kv_dim, v.data() + pos * kv_dim);
+        ASSERT_TRUE(
+            (*kv)->Append(l, pos, 1, k.data() + pos * kv_dim, v.data() + pos * kv_dim).ok());
         news += CountNews(
             [&] { (*kv)->Attend(l, q.data() + pos * q_dim, 1, pos, n_head, 0.125f, out.data()); });
       }
@@ -559,6 +560,45 @@ INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocationsTest,
                                            "models/vis-qwen2moe-q8_0.gguf",
                                            "models/vis-qwen3moe-q4_k_m.gguf",
                                            "models/vis-llama-f16.gguf"));
+
+// A step whose KV pages run out fails with kResourceExhausted and leaves the cache as it
+// was: every layer's positions end where they ended before the step (the layers that had
+// stored the step's keys give them back), and a shorter step then runs.
+TEST(ForwardTest, KvOutOfMemoryLeavesTheCacheAsItWas) {
+  const std::string dir = moex::testing::TestDataDir();
+  if (dir.empty()) GTEST_SKIP() << "no ../shared/testdata";
+  std::unique_ptr<LoadedModel> m = Load(dir + "/tiny-moe/tiny-moe-f32.gguf");
+  ASSERT_NE(m, nullptr);
+  const HParams& hp = m->weights.hp;
+  KvCache::Options ko;
+  ko.n_layer = hp.n_layer;
+  ko.n_ctx = 256;
+  ko.n_head_kv = hp.n_head_kv;
+  ko.head_dim = hp.head_dim;
+  const int64_t page = 32 * 2 * hp.head_dim * 4;  // 32 positions of f32 keys and values
+  // Each head's first page, and half the heads' second: the step past 32 positions fails
+  // part way through the layers.
+  ko.max_bytes = hp.n_layer * hp.n_head_kv * page * 3 / 2;
+  auto kv = KvCache::Create(ko);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  Forward fwd(&m->weights, kv->get());
+  std::vector<float> logits;
+  std::vector<int32_t> prompt(24);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(1 + 5 * i % 60);
+  ASSERT_TRUE(fwd.Eval(prompt, false, &logits).ok());
+  const absl::Status st = fwd.Eval(std::vector<int32_t>(40, 7), false, &logits);
+  ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_EQ((*kv)->size(), 24);
+  for (int64_t l = 0; l < hp.n_layer; ++l) {
+    for (int64_t h = 0; h < hp.n_head_kv; ++h) {
+      const std::vector<int64_t> kept = (*kv)->KeptPositions(l, h);
+      ASSERT_EQ(kept.size(), 24u) << "layer " << l << " head " << h;
+      EXPECT_EQ(kept.back(), 23);
+    }
+  }
+  ASSERT_TRUE(fwd.Eval(std::vector<int32_t>(8, 7), false, &logits).ok());
+  EXPECT_EQ((*kv)->size(), 32);
+}
 
 }  // namespace
 }  // namespace moex
