@@ -126,7 +126,7 @@ absl::Status KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float
     Head& s = head(layer, h);
     const int64_t before = HeadBytes(s);
     for (int64_t t = 0; t < n; ++t) {
-      const int32_t slot = s.rows.Append();
+      const int32_t slot = NewRow(s.rows);
       const float* kt = k + t * kv_dim + h * hd;
       if (slot < 0 || (kivi_ && !AppendKiviKey(s, kt))) {
         if (slot >= 0) s.rows.PopBack();
@@ -152,6 +152,20 @@ absl::Status KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float
   return absl::OkStatus();
 }
 
+int32_t KvCache::NewRow(KvRows& rows) {
+  int32_t r = rows.Append();
+  if (r < 0 && o_.max_bytes > 0) {
+    // Under a byte limit, pages waiting in the other stores' pools (emptied by eviction,
+    // demotion or grouping) are freed first, their bytes back to the limit.
+    for (KvPagePool* p :
+         {row_pages_.get(), low_pages_.get(), group_pages_.get(), residual_pages_.get()}) {
+      p->Trim();
+    }
+    r = rows.Append();
+  }
+  return r;
+}
+
 absl::Status KvCache::OutOfMemory(int64_t layer, int64_t h) const {
   return absl::ResourceExhaustedError(absl::StrCat(
       "KV cache: no memory for another page of layer ", layer, " KV head ", h, " (",
@@ -161,7 +175,7 @@ absl::Status KvCache::OutOfMemory(int64_t layer, int64_t h) const {
 }
 
 bool KvCache::AppendKiviKey(Head& s, const float* k) {
-  const int32_t r = s.residual.Append();
+  const int32_t r = NewRow(s.residual);
   if (r < 0) return false;
   uint16_t* dst = reinterpret_cast<uint16_t*>(s.residual.row(r));
   for (int64_t c = 0; c < o_.head_dim; ++c) dst[c] = kcpu::FloatToHalf(k[c]);
@@ -171,7 +185,7 @@ bool KvCache::AppendKiviKey(Head& s, const float* k) {
 
 bool KvCache::FormKiviGroup(Head& s) {
   const int64_t hd = o_.head_dim;
-  const int32_t g = s.groups.Append();
+  const int32_t g = NewRow(s.groups);
   if (g < 0) return false;
   s.group_live.push_back(0);
   // The oldest residual keys, in position order.
@@ -488,7 +502,7 @@ int64_t KvCache::Compress(Head& s, int64_t budget) {
 
 bool KvCache::Demote(Head& s, int64_t i, float* buf) {
   const int64_t hd = o_.head_dim;
-  const int32_t slot = s.low_rows.Append();
+  const int32_t slot = NewRow(s.low_rows);
   if (slot < 0) return false;
   for (bool key : {true, false}) {
     const float* x = ReadRow(s, key, i, buf);
@@ -523,6 +537,7 @@ void KvCache::Clear() {
 void KvCache::Truncate(int64_t n) {
   // n == n_past_ still drops what a failed step appended beyond it.
   if (n < 0 || n > n_past_) return;
+  const bool undo = n == n_past_;
   for (Head& s : heads_) {
     const size_t keep = std::lower_bound(s.pos.begin(), s.pos.end(), n) - s.pos.begin();
     const int64_t before = HeadBytes(s);
@@ -530,8 +545,9 @@ void KvCache::Truncate(int64_t n) {
     bytes_ += HeadBytes(s) - before;
   }
   n_past_ = n;
-  // Back to where cake had not measured: the next batch past the mean measures again.
-  if (!measured_ || n <= budget_) ResetSplit();
+  // Back to where cake had not measured: the next batch past the mean measures again. A
+  // failed step's undo keeps a split it already made (its layers were compressed to it).
+  if (!measured_ || (!undo && n <= budget_)) ResetSplit();
 }
 
 int64_t KvCache::allocated_bytes() const {

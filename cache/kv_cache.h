@@ -101,7 +101,8 @@ class KvCache {
   // Marks n positions as done (after every layer appended and attended them).
   void Advance(int64_t n) { n_past_ += n; }
   void Clear();
-  // Forgets positions >= n (n <= size(); n == size() drops what a failed step appended).
+  // Forgets positions >= n (n <= size(); n == size() drops what a failed step appended:
+  // its keys and values, not what the step's compression already evicted).
   void Truncate(int64_t n);
 
   // Bytes of the kept rows now, and the most there have been since creation or Clear.
@@ -176,6 +177,8 @@ class KvCache {
   bool AppendKiviKey(Head& hd, const float* k);
   bool FormKiviGroup(Head& hd);
   absl::Status OutOfMemory(int64_t layer, int64_t h) const;
+  // A new row of one of hd's stores; -1 when no page can be had.
+  int32_t NewRow(KvRows& rows);
   const float* ReadKiviKey(const Head& hd, int64_t i, float* buf) const;
   // cake: the last layer has attended the measuring batch; set every layer's budget.
   void SplitBudgets();

@@ -1,5 +1,6 @@
 #include "cache/kv_pages.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <new>
@@ -32,13 +33,22 @@ uint8_t* KvPagePool::Take() {
   }
   auto* p = static_cast<uint8_t*>(
       ::operator new(static_cast<size_t>(page_bytes_), kPageAlign, std::nothrow));
-  if (p == nullptr) {
-    if (bytes_left_ != nullptr) bytes_left_->fetch_add(page_bytes_);
-    return nullptr;
+  if (p != nullptr) {
+    std::lock_guard<std::mutex> lock(mu_);
+    try {
+      // Room on the free list for every page there is, so that Give, which runs in
+      // destructors and moves, never allocates.
+      if (free_.capacity() < static_cast<size_t>(allocated_ + 1)) {
+        free_.reserve(std::max<size_t>(16, 2 * free_.capacity()));
+      }
+      ++allocated_;
+      return p;
+    } catch (const std::bad_alloc&) {
+      ::operator delete(p, kPageAlign);
+    }
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  ++allocated_;
-  return p;
+  if (bytes_left_ != nullptr) bytes_left_->fetch_add(page_bytes_);
+  return nullptr;
 }
 
 void KvPagePool::Give(uint8_t* page) {
@@ -50,8 +60,9 @@ void KvPagePool::Trim() {
   std::lock_guard<std::mutex> lock(mu_);
   for (uint8_t* p : free_) ::operator delete(p, kPageAlign);
   allocated_ -= static_cast<int64_t>(free_.size());
+  if (bytes_left_ != nullptr)
+    bytes_left_->fetch_add(static_cast<int64_t>(free_.size()) * page_bytes_);
   free_.clear();
-  free_.shrink_to_fit();
 }
 
 int64_t KvPagePool::pages() const {
@@ -85,7 +96,8 @@ KvRows& KvRows::operator=(KvRows&& o) noexcept {
 
 int32_t KvRows::Append() {
   if ((size_ & mask_) == 0 && size_ >> shift_ == static_cast<int32_t>(pages_.size())) {
-    pages_.reserve(pages_.size() + 1);  // may throw; then nothing is taken yet
+    // May throw; then nothing is taken yet. Doubling: a long context adds pages often.
+    if (pages_.size() == pages_.capacity()) pages_.reserve(std::max<size_t>(8, 2 * pages_.size()));
     uint8_t* page = pool_->Take();
     if (page == nullptr) return -1;
     pages_.push_back(page);

@@ -34,8 +34,8 @@ inline constexpr int64_t kKvPageTokens = 32;
 
 class KvPagePool {
  public:
-  // bytes_left: a byte budget shared with other pools (may be null: none); each new page
-  // takes its bytes from it, for good.
+  // bytes_left: a byte budget shared with other pools (may be null: none); a new page
+  // takes its bytes from it, Trim gives them back.
   explicit KvPagePool(int64_t page_bytes, std::atomic<int64_t>* bytes_left = nullptr)
       : page_bytes_(page_bytes), bytes_left_(bytes_left) {}
   ~KvPagePool();
@@ -46,7 +46,7 @@ class KvPagePool {
   // when the budget or the memory is out.
   uint8_t* Take();
   void Give(uint8_t* page);
-  // Frees the pages nobody holds.
+  // Frees the pages nobody holds (their bytes go back to the budget).
   void Trim();
 
   int64_t page_bytes() const { return page_bytes_; }

@@ -105,7 +105,9 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
       kcpu::RmsNorm(x_.data() + t * E, l.attn_norm.data(), E, hp.rms_eps, cur_.data() + t * E);
     }
     if (absl::Status st = Attention(il, cur_.data(), n, pos0, ffn_.data()); !st.ok()) {
-      kv_->Truncate(pos0);  // the cache is left as it was
+      // Every layer's positions end where they did before the step (what the step's
+      // compression evicted in earlier layers stays evicted).
+      kv_->Truncate(pos0);
       return st;
     }
     kcpu::Axpy(1.0f, ffn_.data(), x_.data(), n * E);
@@ -127,7 +129,7 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
       if (absl::Status st =
               MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data(), dispatch, &moe_scratch_);
           !st.ok()) {
-        kv_->Truncate(pos0);  // the cache is left as it was
+        kv_->Truncate(pos0);  // positions back to before the step, as above
         return st;
       }
     } else {

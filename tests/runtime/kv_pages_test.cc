@@ -123,17 +123,20 @@ std::vector<float> Random(std::mt19937_64& rng, size_t n) {
 
 // Feeds the same random sequence to a compressing cache and to a full one, chunk by chunk
 // (each chunk attended, so the policy compresses), and checks that every entry the
-// compressing cache keeps reads back exactly as the full cache's entry of that position:
-// rows moved between pages, or re-indexed wrongly, would not.
+// compressing cache keeps reads back as the full cache's entry of that position: exactly
+// (a mikv low entry: exactly as that entry re-quantised to q4; a q4kivi key, whose group
+// holds other members in the two caches: within two quantisation steps); rows moved
+// between pages, or re-indexed wrongly, would not.
 TEST(KvCachePagesTest, KeptEntriesReadBackAsStored) {
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  for (const kcpu::GgmlType type :
-       {kcpu::GgmlType::kF32, kcpu::GgmlType::kF16, kcpu::GgmlType::kQ8_0, kcpu::GgmlType::kQ4_1}) {
+  for (const kcpu::GgmlType type : {kcpu::GgmlType::kF32, kcpu::GgmlType::kF16,
+                                    kcpu::GgmlType::kQ8_0, kcpu::GgmlType::kQ4_1, kKvQ4Kivi}) {
     for (const char* policy : {"streaming:budget=40,sinks=3,window=20", "h2o:budget=40",
                                "snapkv:budget=33", "mikv:budget=40,bits=4"}) {
-      if (type == kcpu::GgmlType::kQ4_1 && std::string(policy).starts_with("mikv")) continue;
-      SCOPED_TRACE(::testing::Message() << kcpu::GetTypeTraits(type).name << " " << policy);
+      const bool mikv = std::string(policy).starts_with("mikv");
+      if (mikv && (type == kcpu::GgmlType::kQ4_1 || type == kKvQ4Kivi)) continue;
+      SCOPED_TRACE(::testing::Message() << KvTypeName(type) << " " << policy);
       std::mt19937_64 rng(seed);
       auto c = KvCache::Create(Shape(type, policy));
       auto full = KvCache::Create(Shape(type, "full"));
@@ -155,6 +158,14 @@ TEST(KvCachePagesTest, KeptEntriesReadBackAsStored) {
         pos += n;
       }
       std::vector<float> k1(o.head_dim), v1(o.head_dim), k2(o.head_dim), v2(o.head_dim);
+      std::vector<uint8_t> q4(
+          kcpu::RowBytes(kcpu::GetTypeTraits(kcpu::GgmlType::kQ4_1), o.head_dim));
+      // Re-quantises a full-precision row as mikv's demotion does (bits=4: Q4_1).
+      auto demoted = [&](std::vector<float>& x) {
+        kcpu::QuantizeRow(kcpu::GgmlType::kQ4_1, x.data(), q4.data(), o.head_dim);
+        kcpu::DequantizeRow(kcpu::GgmlType::kQ4_1, q4.data(), x.data(), o.head_dim);
+      };
+      int64_t n_low = 0;
       for (int64_t l = 0; l < o.n_layer; ++l) {
         for (int64_t h = 0; h < o.n_head_kv; ++h) {
           const std::vector<int64_t> kept = (*c)->KeptPositions(l, h);
@@ -163,16 +174,30 @@ TEST(KvCachePagesTest, KeptEntriesReadBackAsStored) {
           const int64_t limit = (*c)->high_budget() + (*c)->low_budget();
           ASSERT_LE(static_cast<int64_t>(kept.size()), std::max((*c)->LayerBudget(l), limit) + 31);
           for (size_t i = 0; i < kept.size(); ++i) {
-            if (std::find(low.begin(), low.end(), kept[i]) != low.end()) continue;
             (*c)->ReadEntry(l, h, static_cast<int64_t>(i), k1.data(), v1.data());
             (*full)->ReadEntry(l, h, kept[i], k2.data(), v2.data());
-            ASSERT_EQ(0, std::memcmp(k1.data(), k2.data(), k1.size() * sizeof(float)))
-                << "key of position " << kept[i] << " layer " << l << " head " << h;
+            if (std::find(low.begin(), low.end(), kept[i]) != low.end()) {
+              demoted(k2);
+              demoted(v2);
+              ++n_low;
+            }
+            if (type == kKvQ4Kivi) {
+              // Keys N(0, 1): a group's step is about 6 / 15; a key of another position
+              // would differ by far more somewhere in its 64 values.
+              for (int64_t d = 0; d < o.head_dim; ++d) {
+                ASSERT_NEAR(k1[d], k2[d], 1.0f) << "key of position " << kept[i] << " layer " << l
+                                                << " head " << h << " value " << d;
+              }
+            } else {
+              ASSERT_EQ(0, std::memcmp(k1.data(), k2.data(), k1.size() * sizeof(float)))
+                  << "key of position " << kept[i] << " layer " << l << " head " << h;
+            }
             ASSERT_EQ(0, std::memcmp(v1.data(), v2.data(), v1.size() * sizeof(float)))
                 << "value of position " << kept[i] << " layer " << l << " head " << h;
           }
         }
       }
+      if (mikv) EXPECT_GT(n_low, 0) << "no entry was demoted: the low store went untested";
     }
   }
 }
@@ -235,46 +260,61 @@ namespace {
 // A cache whose pages run out (its byte limit) says so, naming the layer, the head and
 // the limit, keeps what it had, and Truncate takes back a half-stored step.
 TEST(KvCachePagesTest, RunningOutOfPagesIsAnErrorAndTruncateRestores) {
-  for (const kcpu::GgmlType type : {kcpu::GgmlType::kF16, kKvQ4Kivi}) {
-    SCOPED_TRACE(KvTypeName(type));
-    KvCache::Options o = Shape(type, "full");
-    o.max_bytes = 8 * 32 * 2 * 128 + 1000;  // two f16 pages per head (4 heads), and change
-    auto c = KvCache::Create(o);
-    ASSERT_TRUE(c.ok()) << c.status();
-    std::mt19937_64 rng(8);
-    const int64_t kv_dim = o.n_head_kv * o.head_dim;
-    const std::vector<float> k = Random(rng, 64 * kv_dim), v = Random(rng, 64 * kv_dim);
-    int64_t pos = 0;
-    absl::Status st;
-    for (; pos < 1024 && st.ok(); pos += 16) {
-      for (int64_t l = 0; l < o.n_layer && st.ok(); ++l) {
-        st = (*c)->Append(l, pos, 16, k.data(), v.data());
-      }
-      if (st.ok()) (*c)->Advance(16);
-    }
-    ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
-    EXPECT_NE(st.message().find("layer"), std::string::npos) << st;
-    EXPECT_NE(st.message().find("limit"), std::string::npos) << st;
-    EXPECT_LE((*c)->allocated_bytes(), o.max_bytes);
-    const int64_t size = (*c)->size();
-    EXPECT_GT(size, 0);
-    (*c)->Truncate(size);
+  KvCache::Options o = Shape(kcpu::GgmlType::kF16, "full");
+  o.max_bytes = 8 * 32 * 2 * 128 + 1000;  // two f16 pages per head (4 heads), and change
+  auto c = KvCache::Create(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::mt19937_64 rng(8);
+  const int64_t kv_dim = o.n_head_kv * o.head_dim;
+  const std::vector<float> k = Random(rng, 64 * kv_dim), v = Random(rng, 64 * kv_dim);
+  // Steps of 24: the third (positions 48..71) fills layer 0 head 0's second page at 63 and
+  // fails at 64, its first 16 positions stored.
+  for (int64_t pos = 0; pos < 48; pos += 24) {
     for (int64_t l = 0; l < o.n_layer; ++l) {
-      for (int64_t h = 0; h < o.n_head_kv; ++h) {
-        const std::vector<int64_t> kept = (*c)->KeptPositions(l, h);
-        ASSERT_EQ(static_cast<int64_t>(kept.size()), size) << "layer " << l << " head " << h;
-        EXPECT_EQ(kept.back(), size - 1);
-      }
+      ASSERT_TRUE((*c)->Append(l, pos, 24, k.data(), v.data()).ok());
     }
-    // What was stored reads back; a smaller step after the failure fits again once
-    // positions are given back.
-    (*c)->Truncate(size / 2);
-    EXPECT_TRUE((*c)->Append(0, size / 2, 16, k.data(), v.data()).ok());
+    (*c)->Advance(24);
   }
+  const absl::Status st = (*c)->Append(0, 48, 24, k.data(), v.data());
+  ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_NE(st.message().find("layer 0 KV head 0"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("limit 66536"), std::string::npos) << st;
+  EXPECT_LE((*c)->allocated_bytes(), o.max_bytes);
+  ASSERT_EQ((*c)->size(), 48);
+  ASSERT_EQ((*c)->KeptPositions(0, 0).size(), 64u);  // the half-stored step
+  (*c)->Truncate(48);
+  for (int64_t l = 0; l < o.n_layer; ++l) {
+    for (int64_t h = 0; h < o.n_head_kv; ++h) {
+      const std::vector<int64_t> kept = (*c)->KeptPositions(l, h);
+      ASSERT_EQ(kept.size(), 48u) << "layer " << l << " head " << h;
+      EXPECT_EQ(kept.back(), 47);
+    }
+  }
+  // Giving positions back frees pages for the next step.
+  (*c)->Truncate(24);
+  EXPECT_TRUE((*c)->Append(0, 24, 24, k.data(), v.data()).ok());
+}
+
+// q4kivi stores a position's value row and its key in a second store: when the key finds
+// no page, the value row taken for it is given back and nothing is stored.
+TEST(KvCachePagesTest, Q4KiviGivesBackTheValueRowWhenItsKeyFindsNoPage) {
+  KvCache::Options o = Shape(kKvQ4Kivi, "full");
+  o.max_bytes = 32 * 40 + 100;  // one page of q4 value rows (64 values: 40 bytes), no keys
+  auto c = KvCache::Create(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::mt19937_64 rng(4);
+  const int64_t kv_dim = o.n_head_kv * o.head_dim;
+  const std::vector<float> k = Random(rng, kv_dim), v = Random(rng, kv_dim);
+  const absl::Status st = (*c)->Append(0, 0, 1, k.data(), v.data());
+  ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_TRUE((*c)->KeptPositions(0, 0).empty());
+  EXPECT_EQ((*c)->bytes(), 0);
+  EXPECT_EQ((*c)->allocated_bytes(), 32 * 40);  // the value page, back in its pool
 }
 
 // mikv demotes into a pool of its own; when no page can be had for a demoted row, the
-// entry is dropped instead and the cache stays within its budget.
+// entry is dropped instead and the cache stays within its budget; pages another store
+// emptied are freed for it when it needs them.
 TEST(KvCachePagesTest, MikvDropsWhatItCannotDemote) {
   KvCache::Options o = Shape(kcpu::GgmlType::kF16, "mikv:budget=64,hi=0.5,bits=4");
   o.n_layer = 1;
@@ -293,6 +333,13 @@ TEST(KvCachePagesTest, MikvDropsWhatItCannotDemote) {
   EXPECT_TRUE((*c)->LowPositions(0, 0).empty());
   EXPECT_EQ(static_cast<int64_t>((*c)->KeptPositions(0, 0).size()), (*c)->high_budget());
   for (float x : out) ASSERT_TRUE(std::isfinite(x));
+  // The eviction emptied row pages into their pool: the next demotion frees one of them
+  // (its bytes back under the limit) and gets its low page.
+  ASSERT_TRUE((*c)->Append(0, 80, 8, k.data(), v.data()).ok());
+  (*c)->Attend(0, q.data(), 8, 80, n_head, 0.125f, out.data());
+  (*c)->Advance(8);
+  EXPECT_FALSE((*c)->LowPositions(0, 0).empty());
+  EXPECT_LE((*c)->allocated_bytes(), o.max_bytes);
 }
 
 }  // namespace
