@@ -87,6 +87,13 @@ bool ReadLogitsFile(const std::string& path, Logits* out, std::string* error) {
   return true;
 }
 
+std::vector<float> RandomNormal(std::mt19937_64& rng, size_t n) {
+  std::normal_distribution<float> d(0, 1);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
 int RunCommand(const std::string& command, std::string* output) {
   output->clear();
   FILE* p = popen((command + " 2>&1").c_str(), "r");

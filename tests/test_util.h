@@ -3,6 +3,7 @@
 #define MOEX_TESTS_TEST_UTIL_H_
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ struct Logits {
 };
 // Reads the int32 n_tokens, int32 n_vocab, float32[n_tokens][n_vocab] layout.
 bool ReadLogitsFile(const std::string& path, Logits* out, std::string* error);
+
+// n values drawn from N(0, 1).
+std::vector<float> RandomNormal(std::mt19937_64& rng, size_t n);
 
 // Runs a shell command; returns its exit code and fills stdout+stderr.
 int RunCommand(const std::string& command, std::string* output);

@@ -9,6 +9,7 @@
 #include "cache/kv_policy.h"
 #include "gtest/gtest.h"
 #include "kernels_cpu/attention.h"
+#include "tests/test_util.h"
 
 namespace moex {
 namespace {
@@ -20,13 +21,6 @@ KvCache::Options Shape(int64_t layers, int64_t ctx, int64_t heads_kv, int64_t hd
   o.n_head_kv = heads_kv;
   o.head_dim = hd;
   return o;
-}
-
-std::vector<float> Random(std::mt19937_64& rng, size_t n) {
-  std::normal_distribution<float> d(0, 1);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
 }
 
 TEST(KvCacheTest, ReserveRefusesToOverflowAndNamesTheLimit) {
@@ -61,8 +55,9 @@ Outputs Drive(KvCache& c, int64_t n_head, int64_t pre, int64_t dec, uint64_t see
   const int64_t hd = o.head_dim, kvd = o.n_head_kv * hd, qd = n_head * hd;
   const int64_t total = pre + dec;
   std::mt19937_64 rng(seed);
-  const std::vector<float> q = Random(rng, total * qd), k = Random(rng, total * kvd),
-                           v = Random(rng, total * kvd);
+  const std::vector<float> q = testing::RandomNormal(rng, total * qd),
+                           k = testing::RandomNormal(rng, total * kvd),
+                           v = testing::RandomNormal(rng, total * kvd);
   Outputs r;
   r.out.assign(total * qd, std::nanf(""));
   r.ref.assign(total * qd, std::nanf(""));

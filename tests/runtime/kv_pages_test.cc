@@ -11,6 +11,7 @@
 #include "cache/kv_cache.h"
 #include "cache/kv_policy.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace moex {
 namespace {
@@ -114,13 +115,6 @@ KvCache::Options Shape(kcpu::GgmlType type, const char* policy) {
   return o;
 }
 
-std::vector<float> Random(std::mt19937_64& rng, size_t n) {
-  std::normal_distribution<float> d(0, 1);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
 // Feeds the same random sequence to a compressing cache and to a full one, chunk by chunk
 // (each chunk attended, so the policy compresses), and checks that every entry the
 // compressing cache keeps reads back as the full cache's entry of that position: exactly
@@ -146,8 +140,9 @@ TEST(KvCachePagesTest, KeptEntriesReadBackAsStored) {
       std::vector<float> out(32 * q_dim);
       for (int64_t pos = 0; pos < 400;) {
         const int64_t n = 1 + static_cast<int64_t>(rng() % 31);
-        const std::vector<float> k = Random(rng, n * kv_dim), v = Random(rng, n * kv_dim),
-                                 q = Random(rng, n * q_dim);
+        const std::vector<float> k = testing::RandomNormal(rng, n * kv_dim),
+                                 v = testing::RandomNormal(rng, n * kv_dim),
+                                 q = testing::RandomNormal(rng, n * q_dim);
         for (KvCache* kv : {c->get(), full->get()}) {
           for (int64_t l = 0; l < o.n_layer; ++l) {
             EXPECT_TRUE(kv->Append(l, pos, n, k.data(), v.data()).ok());
@@ -212,8 +207,9 @@ TEST(KvCachePagesTest, SteadyDecodeHoldsBoundedPagesAndTakesNoNewOnes) {
     const KvCache::Options& o = (*c)->options();
     std::mt19937_64 rng(5);
     const int64_t n_head = 4, kv_dim = o.n_head_kv * o.head_dim, q_dim = n_head * o.head_dim;
-    const std::vector<float> k = Random(rng, 64 * kv_dim), v = Random(rng, 64 * kv_dim),
-                             q = Random(rng, 64 * q_dim);
+    const std::vector<float> k = testing::RandomNormal(rng, 64 * kv_dim),
+                             v = testing::RandomNormal(rng, 64 * kv_dim),
+                             q = testing::RandomNormal(rng, 64 * q_dim);
     std::vector<float> out(64 * q_dim);
     int64_t pos = 0;
     auto step = [&](int64_t n) {
@@ -266,7 +262,8 @@ TEST(KvCachePagesTest, RunningOutOfPagesIsAnErrorAndTruncateRestores) {
   ASSERT_TRUE(c.ok()) << c.status();
   std::mt19937_64 rng(8);
   const int64_t kv_dim = o.n_head_kv * o.head_dim;
-  const std::vector<float> k = Random(rng, 64 * kv_dim), v = Random(rng, 64 * kv_dim);
+  const std::vector<float> k = testing::RandomNormal(rng, 64 * kv_dim),
+                           v = testing::RandomNormal(rng, 64 * kv_dim);
   // Steps of 24: the third (positions 48..71) fills layer 0 head 0's second page at 63 and
   // fails at 64, its first 16 positions stored.
   for (int64_t pos = 0; pos < 48; pos += 24) {
@@ -304,7 +301,8 @@ TEST(KvCachePagesTest, Q4KiviGivesBackTheValueRowWhenItsKeyFindsNoPage) {
   ASSERT_TRUE(c.ok()) << c.status();
   std::mt19937_64 rng(4);
   const int64_t kv_dim = o.n_head_kv * o.head_dim;
-  const std::vector<float> k = Random(rng, kv_dim), v = Random(rng, kv_dim);
+  const std::vector<float> k = testing::RandomNormal(rng, kv_dim),
+                           v = testing::RandomNormal(rng, kv_dim);
   const absl::Status st = (*c)->Append(0, 0, 1, k.data(), v.data());
   ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
   EXPECT_TRUE((*c)->KeptPositions(0, 0).empty());
@@ -324,8 +322,9 @@ TEST(KvCachePagesTest, MikvDropsWhatItCannotDemote) {
   ASSERT_TRUE(c.ok()) << c.status();
   std::mt19937_64 rng(2);
   const int64_t n_head = 2, kv_dim = o.head_dim, q_dim = n_head * o.head_dim;
-  const std::vector<float> k = Random(rng, 80 * kv_dim), v = Random(rng, 80 * kv_dim),
-                           q = Random(rng, 80 * q_dim);
+  const std::vector<float> k = testing::RandomNormal(rng, 80 * kv_dim),
+                           v = testing::RandomNormal(rng, 80 * kv_dim),
+                           q = testing::RandomNormal(rng, 80 * q_dim);
   std::vector<float> out(80 * q_dim);
   ASSERT_TRUE((*c)->Append(0, 0, 80, k.data(), v.data()).ok());
   (*c)->Attend(0, q.data(), 80, 0, n_head, 0.125f, out.data());

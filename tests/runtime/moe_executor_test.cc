@@ -209,10 +209,7 @@ Weights MakeWeights(std::mt19937_64& rng, GgmlType type, int64_t n, int64_t rows
 }
 
 std::vector<float> RandomVector(std::mt19937_64& rng, int64_t n) {
-  std::normal_distribution<float> d(0, 1);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
+  return testing::RandomNormal(rng, static_cast<size_t>(n));
 }
 
 // Types of a layer: gate/up, down (a Q4_K_M file mixes Q4_K and Q6_K).
@@ -497,6 +494,15 @@ std::unique_ptr<LoadedModel> Load(const std::string& path) {
   return m;
 }
 
+KvCache::Options KvShape(const HParams& hp, int64_t ctx) {
+  KvCache::Options ko;
+  ko.n_layer = hp.n_layer;
+  ko.n_ctx = ctx;
+  ko.n_head_kv = hp.n_head_kv;
+  ko.head_dim = hp.head_dim;
+  return ko;
+}
+
 // Decodes with Forward::Eval (the path `moex run` and `moex bench` take) and counts the
 // heap allocations per decoded token once the scratch has grown.
 // Allocations per decoded token of the model at `path` (printed), or -1 when it cannot
@@ -505,11 +511,7 @@ double DecodeAllocationsPerToken(const std::string& path) {
   std::unique_ptr<LoadedModel> m = Load(path);
   if (m == nullptr) return -1;
   const HParams& hp = m->weights.hp;
-  KvCache::Options ko;
-  ko.n_layer = hp.n_layer;
-  ko.n_ctx = 256;
-  ko.n_head_kv = hp.n_head_kv;
-  ko.head_dim = hp.head_dim;
+  KvCache::Options ko = KvShape(hp, 256);
   auto kv = KvCache::Create(ko);
   if (!kv.ok()) return -1;
   Forward fwd(&m->weights, kv->get());
@@ -570,11 +572,7 @@ TEST(ForwardTest, KvOutOfMemoryLeavesTheCacheAsItWas) {
   std::unique_ptr<LoadedModel> m = Load(dir + "/tiny-moe/tiny-moe-f32.gguf");
   ASSERT_NE(m, nullptr);
   const HParams& hp = m->weights.hp;
-  KvCache::Options ko;
-  ko.n_layer = hp.n_layer;
-  ko.n_ctx = 256;
-  ko.n_head_kv = hp.n_head_kv;
-  ko.head_dim = hp.head_dim;
+  KvCache::Options ko = KvShape(hp, 256);
   const int64_t page = 32 * 2 * hp.head_dim * 4;  // 32 positions of f32 keys and values
   // Each head's first page, and half the heads' second: the step past 32 positions fails
   // part way through the layers.
