@@ -88,14 +88,13 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
   // A row of a store is one position's bytes in it (a key plane and a value plane), so a
   // page holds kKvPageTokens positions; a q4kivi group is kKiviGroup positions already, a
   // page of its own.
-  c->v_plane_ = kivi ? 0 : 1;
   c->bytes_left_ = o.max_bytes;
   std::atomic<int64_t>* left = o.max_bytes > 0 ? &c->bytes_left_ : nullptr;
-  c->row_pages_ =
-      std::make_unique<KvPagePool>(kKvPageTokens * (kivi ? 1 : 2) * c->row_bytes_, left);
-  c->low_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * 2 * c->low_row_bytes_, left);
-  c->group_pages_ = std::make_unique<KvPagePool>(c->group_bytes_, left);
-  c->residual_pages_ = std::make_unique<KvPagePool>(kKvPageTokens * o.head_dim * 2, left);
+  constexpr int kTokens = static_cast<int>(kKvPageTokens);
+  c->row_pages_ = std::make_unique<KvPagePool>(c->row_bytes_, kTokens, kivi ? 1 : 2, left);
+  c->low_pages_ = std::make_unique<KvPagePool>(c->low_row_bytes_, kTokens, 2, left);
+  c->group_pages_ = std::make_unique<KvPagePool>(c->group_bytes_, 1, 1, left);
+  c->residual_pages_ = std::make_unique<KvPagePool>(o.head_dim * 2, kTokens, 1, left);
   c->heads_.resize(o.n_layer * o.n_head_kv);
   for (Head& s : c->heads_) c->BindRows(s);
   c->ResetSplit();
@@ -103,11 +102,10 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const Options& o) {
 }
 
 void KvCache::BindRows(Head& s) {
-  constexpr int kTokens = static_cast<int>(kKvPageTokens);
-  s.rows = KvRows(row_pages_.get(), row_bytes_, kTokens, kivi_ ? 1 : 2);
-  s.low_rows = KvRows(low_pages_.get(), low_row_bytes_, kTokens, 2);
-  s.groups = KvRows(group_pages_.get(), group_bytes_, 1);
-  s.residual = KvRows(residual_pages_.get(), o_.head_dim * 2, kTokens);
+  s.rows = KvRows(row_pages_.get());
+  s.low_rows = KvRows(low_pages_.get());
+  s.groups = KvRows(group_pages_.get());
+  s.residual = KvRows(residual_pages_.get());
 }
 
 absl::Status KvCache::Reserve(int64_t n_new) const {
@@ -135,7 +133,7 @@ absl::Status KvCache::Append(int64_t layer, int64_t pos0, int64_t n, const float
         return OutOfMemory(layer, h);
       }
       if (!kivi_) kcpu::QuantizeRow(row_type_, kt, s.rows.row(slot, 0), hd);
-      kcpu::QuantizeRow(row_type_, v + t * kv_dim + h * hd, s.rows.row(slot, v_plane_), hd);
+      kcpu::QuantizeRow(row_type_, v + t * kv_dim + h * hd, s.rows.row(slot, VPlane()), hd);
       s.slot.push_back(slot);
       s.pos.push_back(pos0 + t);
       s.acc.push_back(0.0f);
@@ -349,7 +347,7 @@ const float* KvCache::ReadRow(const Head& s, bool key, int64_t i, float* buf) co
     }
     return buf;
   }
-  const uint8_t* r = s.rows.row(s.slot[i], key ? 0 : v_plane_);
+  const uint8_t* r = s.rows.row(s.slot[i], key ? 0 : VPlane());
   if (row_type_ == GgmlType::kF32) return reinterpret_cast<const float*>(r);
   kcpu::DequantizeRow(row_type_, r, buf, hd);
   return buf;
@@ -382,7 +380,7 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
   // Rows of one type in one store (no mikv tier, no q4kivi keys) are read here directly;
   // the general ReadRow costs a tenth of a short row's attention in calls and reloads.
   const bool plain = !kivi_ && s.n_low == 0;
-  const KvRows::Plane keys = s.rows.plane(0), values = s.rows.plane(v_plane_);
+  const KvRows::Plane keys = s.rows.plane(0), values = s.rows.plane(VPlane());
   const int32_t* const slot = s.slot.data();
   const GgmlType type = row_type_;
   float* const buf = row.data();

@@ -186,10 +186,11 @@ class KvCache {
 
   Options o_;
   int64_t row_bytes_ = 0;
-  int v_plane_ = 1;  // of the value rows in Head::rows (q4kivi: 0, the only plane)
   bool kivi_ = false;
-  kcpu::GgmlType row_type_ = kcpu::GgmlType::kF32;  // of the pools k, v (kivi: v only)
-  int64_t group_bytes_ = 0;                         // kivi
+  kcpu::GgmlType row_type_ = kcpu::GgmlType::kF32;  // of Head::rows (kivi: values only)
+  // The plane of the value rows in Head::rows (q4kivi keeps only values there).
+  int VPlane() const { return kivi_ ? 0 : 1; }
+  int64_t group_bytes_ = 0;  // kivi
   int64_t budget_ = 0;
   std::vector<int64_t> layer_budget_;
   // cake: whether the split is set, and each layer's measured preference until it is.

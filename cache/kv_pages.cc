@@ -70,13 +70,13 @@ int64_t KvPagePool::pages() const {
   return allocated_;
 }
 
-KvRows::KvRows(KvPagePool* pool, int64_t row_bytes, int rows_per_page, int planes)
+KvRows::KvRows(KvPagePool* pool)
     : pool_(pool),
-      row_bytes_(row_bytes),
-      shift_(std::countr_zero(static_cast<unsigned>(rows_per_page))),
-      mask_(rows_per_page - 1),
-      planes_(planes),
-      plane_bytes_(rows_per_page * row_bytes) {}
+      row_bytes_(pool->row_bytes()),
+      shift_(std::countr_zero(static_cast<unsigned>(pool->rows_per_page()))),
+      mask_(pool->rows_per_page() - 1),
+      planes_(pool->planes()),
+      plane_bytes_(pool->rows_per_page() * pool->row_bytes()) {}
 
 KvRows& KvRows::operator=(KvRows&& o) noexcept {
   if (this != &o) {

@@ -32,12 +32,20 @@ namespace moex {
 // itself a group of positions, like q4kivi's key groups of 32, takes one row a page).
 inline constexpr int64_t kKvPageTokens = 32;
 
+// The pages of one kind of store: rows of row_bytes, rows_per_page (a power of two) to a
+// page, each row in `planes` parts (a key and a value) that a page holds plane after
+// plane, so that a pass over the keys alone reads contiguous bytes.
 class KvPagePool {
  public:
   // bytes_left: a byte budget shared with other pools (may be null: none); a new page
   // takes its bytes from it, Trim gives them back.
-  explicit KvPagePool(int64_t page_bytes, std::atomic<int64_t>* bytes_left = nullptr)
-      : page_bytes_(page_bytes), bytes_left_(bytes_left) {}
+  KvPagePool(int64_t row_bytes, int rows_per_page, int planes = 1,
+             std::atomic<int64_t>* bytes_left = nullptr)
+      : row_bytes_(row_bytes),
+        rows_per_page_(rows_per_page),
+        planes_(planes),
+        page_bytes_(row_bytes * rows_per_page * planes),
+        bytes_left_(bytes_left) {}
   ~KvPagePool();
   KvPagePool(const KvPagePool&) = delete;
   KvPagePool& operator=(const KvPagePool&) = delete;
@@ -49,12 +57,17 @@ class KvPagePool {
   // Frees the pages nobody holds (their bytes go back to the budget).
   void Trim();
 
+  int64_t row_bytes() const { return row_bytes_; }
+  int rows_per_page() const { return rows_per_page_; }
+  int planes() const { return planes_; }
   int64_t page_bytes() const { return page_bytes_; }
   // Pages allocated (held by rows or waiting in the pool), and bytes of them.
   int64_t pages() const;
   int64_t bytes() const { return pages() * page_bytes_; }
 
  private:
+  const int64_t row_bytes_;
+  const int rows_per_page_, planes_;
   const int64_t page_bytes_;
   std::atomic<int64_t>* const bytes_left_;
   mutable std::mutex mu_;
@@ -65,11 +78,8 @@ class KvPagePool {
 class KvRows {
  public:
   KvRows() = default;
-  // rows_per_page: a power of two. A row has `planes` parts of row_bytes each (a key and a
-  // value), and a page holds each plane's rows together, one plane after the other, so
-  // that a pass over the keys alone reads contiguous bytes; the pool's pages must hold
-  // rows_per_page * planes * row_bytes.
-  KvRows(KvPagePool* pool, int64_t row_bytes, int rows_per_page, int planes = 1);
+  // Rows of the pool's shape, on its pages.
+  explicit KvRows(KvPagePool* pool);
   ~KvRows() { Clear(); }
   KvRows(KvRows&& o) noexcept { *this = std::move(o); }
   KvRows& operator=(KvRows&& o) noexcept;

@@ -65,7 +65,7 @@ float ClassicDot(const Block* bw, const BlockQ8_0* bx, int64_t nb, BlockFn block
 
 // ---- Q8_0: eight blocks to a register -------------------------------------------------
 //
-// Both Q8_0 kernels (one token, and DotQ8_0Batch) reduce each 32-value block's products to
+// Both Q8_0 kernels (one token, and DotQ8_0Prepared) reduce each 32-value block's products to
 // one exact integer T_b, eight consecutive blocks to the eight lanes of a register, and
 // then make one conversion and one FMA for the eight: acc += float(T) * (d_w * d_x), lane b
 // for block 8g + b (lanes past the row's last block hold 0 * 0). A per-block FMA, as the
@@ -422,7 +422,7 @@ void Transpose8(__m256i r[8]) {
   }
 }
 
-// One token's Q8_0 activation row, eight blocks at a time, as DotQ8_0Batch reads it: the
+// One token's Q8_0 activation row, eight blocks at a time, as DotQ8_0Prepared reads it: the
 // codes transposed (lane b of q[k] holds bytes 4k..4k+3 of block b, so one vpdpbusd per k
 // adds 4 products into every block's own lane), -128 x each block's code sum (the
 // correction for the weights' +128), and the scales.

@@ -93,22 +93,22 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
   cur_.resize(n * E);
   ffn_.resize(n * E);
   if (hybrid_) hybrid_->BeginStep(n, pos0 + n);
+  // A step that fails part way gives its positions back in every layer (what its
+  // compression evicted in earlier layers stays evicted), so the session can go on.
+  auto fail = [&](absl::Status st) {
+    kv_->Truncate(pos0);
+    return st;
+  };
   for (int64_t il = 0; il < hp.n_layer; ++il) {
     const LayerWeights& l = w_->layers[il];
     if (hybrid_) {
-      if (absl::Status st = hybrid_->Dense(il); !st.ok()) {
-        kv_->Truncate(pos0);
-        return st;
-      }
+      if (absl::Status st = hybrid_->Dense(il); !st.ok()) return fail(std::move(st));
     }
     for (int64_t t = 0; t < n; ++t) {
       kcpu::RmsNorm(x_.data() + t * E, l.attn_norm.data(), E, hp.rms_eps, cur_.data() + t * E);
     }
     if (absl::Status st = Attention(il, cur_.data(), n, pos0, ffn_.data()); !st.ok()) {
-      // Every layer's positions end where they did before the step (what the step's
-      // compression evicted in earlier layers stays evicted).
-      kv_->Truncate(pos0);
-      return st;
+      return fail(std::move(st));
     }
     kcpu::Axpy(1.0f, ffn_.data(), x_.data(), n * E);
 
@@ -129,8 +129,7 @@ absl::Status Forward::Eval(std::span<const int32_t> tokens, bool all_logits,
       if (absl::Status st =
               MoeForward(l.moe, routing_, cur_.data(), n, ffn_.data(), dispatch, &moe_scratch_);
           !st.ok()) {
-        kv_->Truncate(pos0);  // positions back to before the step, as above
-        return st;
+        return fail(std::move(st));
       }
     } else {
       DenseFfn(l.ffn_gate, l.ffn_up, l.ffn_down, cur_.data(), n, ffn_.data(), &moe_scratch_);

@@ -35,8 +35,8 @@ TEST(KvRowsTest, RandomAppendsAndRemovalsKeepEveryRowsBytes) {
   for (const int per_page : {1, 4, 32}) {
     for (const int64_t row_bytes : {int64_t{1}, int64_t{37}, int64_t{512}}) {
       SCOPED_TRACE(::testing::Message() << per_page << " rows a page of " << row_bytes);
-      KvPagePool pool(per_page * row_bytes);
-      KvRows rows(&pool, row_bytes, per_page);
+      KvPagePool pool(row_bytes, per_page);
+      KvRows rows(&pool);
       // The model: the id each live row was stamped with, by row index.
       std::vector<uint32_t> ids;
       uint32_t next_id = 1;
@@ -86,8 +86,8 @@ TEST(KvRowsTest, RandomAppendsAndRemovalsKeepEveryRowsBytes) {
 }
 
 TEST(KvRowsTest, HeadsShareThePoolsPages) {
-  KvPagePool pool(32 * 8);
-  KvRows a(&pool, 8, 32), b(&pool, 8, 32);
+  KvPagePool pool(8, 32);
+  KvRows a(&pool), b(&pool);
   for (int i = 0; i < 100; ++i) a.Append();  // 4 pages
   EXPECT_EQ(pool.pages(), 4);
   std::vector<uint8_t> dead(100, 1);
