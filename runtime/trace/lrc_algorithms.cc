@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels_cpu/cpu_features.h"
 #include "runtime/trace/lrc_internal.h"
 
 namespace moex::lrc {
@@ -246,6 +247,15 @@ class LazyPriorityStack {
 }  // namespace
 
 void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat) {
+#if MOEX_LRC_AVX512
+  if (kcpu::BestIsaLevel() >= kcpu::IsaLevel::kAvx512 && AddSchRanksAvx512(ids, T, k, E, m, stat)) {
+    return;
+  }
+#endif
+  AddSchRanksLinked(ids, T, k, E, m, stat);
+}
+
+void AddSchRanksLinked(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat) {
   LazyPriorityStack st(E);
   for (int64_t t = 0; t < std::min<int64_t>(m, T); ++t) {
     for (int j = 0; j < k; ++j) st.AddFuture(ids[t * k + j]);

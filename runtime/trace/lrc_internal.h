@@ -28,7 +28,14 @@ SrpResult SrpFromHistogram(const uint64_t* hist, int m, int E);
 // SCH: adds to stat[r] (size E) the number of accesses found at rank r of the paper's
 // lazily sorted priority stack (ljcleo/moe-lrc, calc_fsf); hits(C) = stat[0] + ... +
 // stat[C-1]. A first access counts at rank = number of distinct experts seen before.
+// Runs AddSchRanksAvx512 where the CPU has AVX-512 and the keys fit, else the linked one.
 void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
+// The portable coding: the reference's linked lists and update rules, transcribed.
+void AddSchRanksLinked(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
+// The same ranks from one data-parallel pass per access (lrc_sch_avx512.cc explains why it
+// equals the reference). Call only where the CPU has AVX-512 (F, BW, VL). Returns false,
+// adding nothing, when the packed keys cannot hold T * k stamps beside the ids and counts.
+bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
 
 // A cache policy replayed for every C at once (all four are priority algorithms, so a
 // cache of C+1 experts always holds the cache of C: one Mattson stack pass). stat[d] counts

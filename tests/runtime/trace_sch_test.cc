@@ -20,11 +20,13 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels_cpu/cpu_features.h"
 #include "moex/trace.h"
 #include "runtime/trace/lrc_internal.h"
 
@@ -254,6 +256,8 @@ std::vector<uint16_t> RandomRouting(std::mt19937& rng, int T, int k, int E, doub
 }
 
 TEST(TraceSchTest, RandomTracesMatchArrayCodingAndProperties) {
+  const bool avx512 = kcpu::CpuSupports(kcpu::IsaLevel::kAvx512);
+  if (!avx512) std::printf("no AVX-512 here: only the portable coding is checked\n");
   std::mt19937 rng(2505160);
   for (int iter = 0; iter < 3000; ++iter) {
     // Mostly small shapes (many distinct situations), some with E > 64 (several bitset
@@ -266,11 +270,17 @@ TEST(TraceSchTest, RandomTracesMatchArrayCodingAndProperties) {
     const std::vector<uint16_t> ids = RandomRouting(rng, T, k, E, stick);
     for (int m : {1, 2, 3, 4, 7, 16, 64, 256}) {
       std::vector<uint64_t> got(E, 0), want(E, 0);
-      lrc::AddSchRanks(ids.data(), T, k, E, m, got.data());
+      lrc::AddSchRanksLinked(ids.data(), T, k, E, m, got.data());
       ArraySchRanks(ids.data(), T, k, E, m, want.data());
       // Equal histograms: equal hits for every C.
       ASSERT_EQ(got, want) << "iter " << iter << " E " << E << " k " << k << " T " << T << " m "
                            << m;
+      if (avx512) {
+        std::vector<uint64_t> fast(E, 0);
+        ASSERT_TRUE(lrc::AddSchRanksAvx512(ids.data(), T, k, E, m, fast.data()));
+        ASSERT_EQ(fast, want) << "AVX-512, iter " << iter << " E " << E << " k " << k << " T " << T
+                              << " m " << m;
+      }
       // Properties: every access lands at some rank, so SCH(C = E) = 1 (a first access
       // counts at the number of distinct experts seen so far: a free slot); hits grow with
       // C by construction. The first accesses of the distinct experts land at ranks 0, 1,
@@ -286,6 +296,30 @@ TEST(TraceSchTest, RandomTracesMatchArrayCodingAndProperties) {
       }
       for (int r = 0; r < distinct; ++r) EXPECT_GE(got[r], 1u) << "rank " << r;
       for (int r = distinct; r < E; ++r) EXPECT_EQ(got[r], 0u) << "rank " << r;
+    }
+  }
+}
+
+// The AVX-512 pass packs (window uses, stamp, id) into 64 bits; where T * k stamps do not fit
+// beside a large m and E it declines, and AddSchRanks gives the portable coding's answer.
+TEST(TraceSchTest, Avx512DeclinesKeysThatDoNotFitAndDispatchStillAnswers) {
+  if (!kcpu::CpuSupports(kcpu::IsaLevel::kAvx512)) GTEST_SKIP() << "no AVX-512 here";
+  std::mt19937 rng(11);
+  // E = 40000: 16 id bits; m = 2^30: 31 count bits; 17 bits of stamps: 131072 accesses.
+  const int E = 40000, k = 8, m = 1 << 30;
+  for (int T : {1000, 16384, 16385}) {
+    std::vector<uint16_t> ids = RandomRouting(rng, T, k, 64, 0.5);
+    for (uint16_t& e : ids) e = static_cast<uint16_t>(e * 600);  // spread over the 40000
+    std::vector<uint64_t> fast(E, 0), linked(E, 0), dispatched(E, 0);
+    const bool fits = T * k < (1 << 17);
+    EXPECT_EQ(lrc::AddSchRanksAvx512(ids.data(), T, k, E, m, fast.data()), fits) << T;
+    lrc::AddSchRanksLinked(ids.data(), T, k, E, m, linked.data());
+    lrc::AddSchRanks(ids.data(), T, k, E, m, dispatched.data());
+    EXPECT_EQ(dispatched, linked) << T;
+    if (fits) {
+      EXPECT_EQ(fast, linked) << T;
+    } else {
+      EXPECT_EQ(fast, std::vector<uint64_t>(E, 0)) << "declined, but added counts";
     }
   }
 }
