@@ -391,6 +391,17 @@ bool PackedDepths(Policy policy, const uint16_t* ids, int64_t T, int k, int E, u
 
 void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, const float* probs,
                      int64_t T, int k, int E, uint64_t* stat) {
+#if MOEX_LRC_AVX512
+  if (kcpu::BestIsaLevel() >= kcpu::IsaLevel::kAvx512 &&
+      AddPolicyDepthsAvx512(policy, ids, T, k, E, stat)) {
+    return;
+  }
+#endif
+  AddPolicyDepthsScalar(policy, ids, weights, probs, T, k, E, stat);
+}
+
+void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weights,
+                           const float* probs, int64_t T, int k, int E, uint64_t* stat) {
   if ((policy == Policy::kLfu || policy == Policy::kBelady) &&
       PackedDepths(policy, ids, T, k, E, stat)) {
     return;

@@ -28,7 +28,8 @@ SrpResult SrpFromHistogram(const uint64_t* hist, int m, int E);
 // SCH: adds to stat[r] (size E) the number of accesses found at rank r of the paper's
 // lazily sorted priority stack (ljcleo/moe-lrc, calc_fsf); hits(C) = stat[0] + ... +
 // stat[C-1]. A first access counts at rank = number of distinct experts seen before.
-// Runs AddSchRanksAvx512 where the CPU has AVX-512 and the keys fit, else the linked one.
+// Runs AddSchRanksAvx512 where the CPU has AVX-512 and the keys fit, else the linked one
+// (AddPolicyDepths likewise).
 void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
 // The portable coding: the reference's linked lists and update rules, transcribed.
 void AddSchRanksLinked(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
@@ -45,6 +46,15 @@ bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint
 // else 1/k each.
 void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, const float* probs,
                      int64_t T, int k, int E, uint64_t* stat);
+// The portable coding (scalar; the reference for the AVX-512 one).
+void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weights,
+                           const float* probs, int64_t T, int k, int E, uint64_t* stat);
+// LRU, LFU and Belady as one branch-free pass per access over the levels above the
+// expert (lrc_avx512.cc). Call only where the CPU has AVX-512 (F, BW, VL). Returns false,
+// adding nothing, for the score policy (its priorities are doubles) and when the packed
+// priorities cannot hold T * k stamps.
+bool AddPolicyDepthsAvx512(Policy policy, const uint16_t* ids, int64_t T, int k, int E,
+                           uint64_t* stat);
 
 // The true experts (top-k) found among a guess of g ids; ids distinct within each.
 int GuessHits(const uint16_t* guess, int g, const uint16_t* truth, int k);

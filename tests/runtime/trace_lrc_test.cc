@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels_cpu/cpu_features.h"
 #include "moex/trace.h"
 #include "runtime/trace/lrc_internal.h"
 
@@ -228,6 +229,30 @@ TEST(TraceLrcTest, RandomTracesMatchBruteForce) {
       }
     }
   }
+}
+
+// The AVX-512 replay (LRU, LFU, Belady) against the portable one on larger shapes than the
+// brute force can take: several blocks of levels, long traces, every depth counted.
+TEST(TraceLrcTest, Avx512PoliciesMatchScalar) {
+  if (!kcpu::CpuSupports(kcpu::IsaLevel::kAvx512)) GTEST_SKIP() << "no AVX-512 here";
+  std::mt19937 rng(97);
+  for (int iter = 0; iter < 400; ++iter) {
+    const int E = iter % 4 == 0 ? 2 + rng() % 14 : 20 + rng() % 200;
+    const int k = 1 + rng() % std::min(E, 8);
+    const int T = 1 + rng() % 600;
+    const std::vector<uint16_t> ids = RandomTrace(rng, T, k, E);
+    for (Policy p : {Policy::kLru, Policy::kLfu, Policy::kBelady}) {
+      std::vector<uint64_t> fast(E, 0), scalar(E, 0);
+      ASSERT_TRUE(lrc::AddPolicyDepthsAvx512(p, ids.data(), T, k, E, fast.data()));
+      lrc::AddPolicyDepthsScalar(p, ids.data(), nullptr, nullptr, T, k, E, scalar.data());
+      ASSERT_EQ(fast, scalar) << kPolicyNames[static_cast<int>(p)] << " iter " << iter << " E " << E
+                              << " k " << k << " T " << T;
+    }
+  }
+  std::vector<uint64_t> stat(4, 0);
+  const uint16_t ids[] = {0, 1, 2, 3};
+  EXPECT_FALSE(lrc::AddPolicyDepthsAvx512(Policy::kScore, ids, 4, 1, 4, stat.data()));
+  EXPECT_EQ(stat, std::vector<uint64_t>(4, 0));
 }
 
 TEST(TraceLrcTest, AnalyzePoolsLayersAndSequences) {
