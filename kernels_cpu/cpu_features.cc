@@ -33,7 +33,7 @@ bool CpuSupports(IsaLevel level) {
     case IsaLevel::kAvx512:
       return CpuSupports(IsaLevel::kAvx2) && __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512vnni");
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
   }
   return false;
 #else

@@ -14,7 +14,7 @@ namespace moex::kcpu {
 enum class IsaLevel : int {
   kScalar = 0,  // portable C++ (whatever the compiler flags allow)
   kAvx2 = 1,    // AVX2 + FMA + F16C
-  kAvx512 = 2,  // AVX-512 F/BW/VL + VNNI (Ice Lake, Zen 4 and later)
+  kAvx512 = 2,  // AVX-512 F/BW/VL/DQ + VNNI (Ice Lake, Zen 4 and later)
 };
 
 // Whether the CPU and OS support `level` (ignores MOEX_ISA).

@@ -60,16 +60,28 @@ class KeyBlocks {
 
   int Pos(int x) const { return pos_[x]; }
   uint64_t Key(int p) const { return keys_[p]; }
-  __m512i Load(int b) const { return _mm512_load_si512(keys_.get() + 8 * b); }
 
-  // Stores block b and records where the experts of lanes `moved` now are.
-  void Store(int b, __m512i v, uint32_t moved) {
-    _mm512_store_si512(keys_.get() + 8 * b, v);
-    const __m256i where =
-        _mm256_add_epi32(_mm256_set1_epi32(8 * b), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    _mm512_mask_i64scatter_epi32(pos_.data(), moved,
-                                 _mm512_and_si512(v, _mm512_set1_epi64(id_mask_)), where, 4);
-  }
+  // The blocks as one pass sees them: plain pointers held in registers. (Through the
+  // members, every store -- which may alias anything -- would make the compiler reload the
+  // pointers, adding a load to each block's dependency chain.)
+  class Pass {
+   public:
+    explicit Pass(KeyBlocks& kb)
+        : keys_(kb.keys_.get()), pos_(kb.pos_.data()), ids_(_mm512_set1_epi64(kb.id_mask_)) {}
+    __m512i Load(int b) const { return _mm512_load_si512(keys_ + 8 * b); }
+    // Stores block b and records where the experts of lanes `moved` now are.
+    void Store(int b, __m512i v, __mmask8 moved) const {
+      _mm512_store_si512(keys_ + 8 * b, v);
+      const __m256i where =
+          _mm256_add_epi32(_mm256_set1_epi32(8 * b), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      _mm512_mask_i64scatter_epi32(pos_, moved, _mm512_and_si512(v, ids_), where, 4);
+    }
+
+   private:
+    uint64_t* keys_;
+    int32_t* pos_;
+    __m512i ids_;
+  };
 
   // Adds v (mod 2^64) to the key at position p. A whole-block store: a masked one would keep
   // the next load of this block from being forwarded the stored data.
@@ -90,13 +102,22 @@ class KeyBlocks {
   std::vector<int32_t> pos_;
 };
 
-// Lane masks of block b for a pass down to position P: lanes above P, and lanes up to P.
+// Lane masks of block b for a pass down to position P: lanes above P, lanes above P - 1,
+// the lane of P - 1, and lanes past P. From a table, in mask registers: the masks sit on
+// every access's dependency chain, and a round trip through general registers costs more
+// than the arithmetic.
 struct Lanes {
-  uint32_t above, touched;
+  __mmask8 above, above_last, last, past;
   Lanes(int P, int b) {
-    const int left = P - 8 * b;
-    above = left >= 8 ? 0xFF : (1u << left) - 1;
-    touched = left >= 8 ? 0xFF : (2u << left) - 1;
+    static constexpr uint8_t kAbove[10] = {0, 1, 3, 7, 15, 31, 63, 127, 255, 255};
+    static constexpr uint8_t kAboveLast[10] = {0, 0, 1, 3, 7, 15, 31, 63, 127, 255};
+    static constexpr uint8_t kLast[10] = {0, 1, 2, 4, 8, 16, 32, 64, 128, 0};
+    static constexpr uint8_t kPast[10] = {0xFE, 0xFC, 0xF8, 0xF0, 0xE0, 0xC0, 0x80, 0, 0, 0};
+    const int left = std::min(P - 8 * b, 9);  // P's lane, 9: past this block
+    above = kAbove[left];
+    above_last = kAboveLast[left];
+    last = kLast[left];
+    past = kPast[left];
   }
 };
 
@@ -153,23 +174,24 @@ class LazyStack {
     const __m512i none = _mm512_set1_epi64(-1);
     __m512i prev = _mm512_set1_epi64(static_cast<int64_t>(xkey));  // what position -1 held
     PrefixMin tail_min;                                            // over the tails
-    uint32_t stay_prev = 0;  // whether the position before this block keeps its element
+    __mmask8 stay_prev = 0;  // whether the position before this block keeps its element
+    const KeyBlocks::Pass pass(keys_);
     for (int b = 0; 8 * b <= P; ++b) {
       const Lanes l(P, b);
-      const int left = P - 8 * b;
-      const uint32_t last = left >= 1 && left <= 8 ? 1u << (left - 1) : 0;  // P - 1
-      const __m512i kv = keys_.Load(b);
-      const __m512i next = _mm512_alignr_epi64(keys_.Load(b + 1), kv, 1);
-      const uint32_t tails = (_mm512_cmplt_epu64_mask(kv, next) & l.above & ~last) | last;
+      const __m512i kv = pass.Load(b);
+      const __m512i next = _mm512_alignr_epi64(pass.Load(b + 1), kv, 1);
+      const __mmask8 tails =
+          _kor_mask8(_mm512_mask_cmplt_epu64_mask(l.above_last, kv, next), l.last);
       tail_min.Next(_mm512_mask_mov_epi64(none, tails, kv));
       const __m512i cur = tail_min.Before();  // the smallest tail before each lane
-      const uint32_t stay = _mm512_cmpgt_epu64_mask(kv, cur) & l.above;
-      const uint32_t lands = ~stay & ((stay << 1) | stay_prev) & l.touched;
-      stay_prev = stay >> 7;
+      const __mmask8 stay = _mm512_mask_cmpgt_epu64_mask(l.above, kv, cur);
+      const __mmask8 keep = _kor_mask8(stay, l.past);
+      const __mmask8 lands = _kandn_mask8(keep, _kor_mask8(_kshiftli_mask8(stay, 1), stay_prev));
+      stay_prev = _kshiftri_mask8(stay, 7);
       __m512i res = _mm512_alignr_epi64(kv, prev, 7);
-      res = _mm512_mask_mov_epi64(res, stay | (~l.touched & 0xFF), kv);
+      res = _mm512_mask_mov_epi64(res, keep, kv);
       res = _mm512_mask_mov_epi64(res, lands, cur);
-      keys_.Store(b, res, l.touched & ~stay);
+      pass.Store(b, res, _knot_mask8(keep));
       prev = kv;
     }
     if (p < 0) ++n_;
@@ -199,16 +221,17 @@ class MattsonStack {
   // Moves the expert at depth d (d = size(): one not listed) to the top with key xkey.
   void Access(int d, uint64_t xkey) {
     PrefixMin carried;
+    const KeyBlocks::Pass pass(keys_);
     for (int b = 0; 8 * b <= d; ++b) {
       const Lanes l(d, b);
-      const __m512i kv = keys_.Load(b);
+      const __m512i kv = pass.Load(b);
       carried.Next(_mm512_mask_mov_epi64(_mm512_set1_epi64(-1), l.above, kv));
       const __m512i low = carried.Before();  // carried into each level
       // Levels above d keep the higher; level d receives what was carried to it.
       __m512i res = _mm512_mask_max_epu64(low, l.above, low, kv);
       if (b == 0) res = _mm512_mask_set1_epi64(res, 1, xkey);
-      res = _mm512_mask_mov_epi64(res, ~l.touched & 0xFF, kv);
-      keys_.Store(b, res, _mm512_cmpneq_epu64_mask(res, kv) & l.touched);
+      res = _mm512_mask_mov_epi64(res, l.past, kv);
+      pass.Store(b, res, _kandn_mask8(l.past, _mm512_cmpneq_epu64_mask(res, kv)));
     }
     if (d == n_) ++n_;
   }

@@ -34,7 +34,7 @@ void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* 
 // The portable coding: the reference's linked lists and update rules, transcribed.
 void AddSchRanksLinked(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
 // The same ranks from one data-parallel pass per access (lrc_sch_avx512.cc explains why it
-// equals the reference). Call only where the CPU has AVX-512 (F, BW, VL). Returns false,
+// equals the reference). Call only where the CPU has AVX-512 (F, BW, VL, DQ). Returns false,
 // adding nothing, when the packed keys cannot hold T * k stamps beside the ids and counts.
 bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
 
@@ -50,7 +50,7 @@ void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, c
 void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weights,
                            const float* probs, int64_t T, int k, int E, uint64_t* stat);
 // LRU, LFU and Belady as one branch-free pass per access over the levels above the
-// expert (lrc_avx512.cc). Call only where the CPU has AVX-512 (F, BW, VL). Returns false,
+// expert (lrc_avx512.cc). Call only where the CPU has AVX-512 (F, BW, VL, DQ). Returns false,
 // adding nothing, for the score policy (its priorities are doubles) and when the packed
 // priorities cannot hold T * k stamps.
 bool AddPolicyDepthsAvx512(Policy policy, const uint16_t* ids, int64_t T, int k, int E,
