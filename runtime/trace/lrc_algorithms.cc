@@ -400,8 +400,35 @@ void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, c
   AddPolicyDepthsScalar(policy, ids, weights, probs, T, k, E, stat);
 }
 
+// LRU: its stack is in recency order, so an expert's depth is the number of experts used
+// since its last use, i.e. with a later stamp (a first use: the experts seen so far, all
+// later than its 0). Counted over all E stamps, which the compiler turns into vector
+// compares; a token's k counts use the stamps from before the token, plus the token's
+// earlier experts that were not already later (so no count waits on the previous one's
+// store). No data moves, no branch depends on the trace: 4x the shift of the stack it
+// replaces, on 128 experts.
+void LruDepths(const uint16_t* ids, int64_t T, int k, int E, uint64_t* stat) {
+  std::vector<uint32_t> last(E, 0), s(k);
+  uint32_t stamp = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const uint16_t* tok = ids + t * k;
+    for (int j = 0; j < k; ++j) s[j] = last[tok[j]];
+    for (int j = 0; j < k; ++j) {
+      int d = 0;
+      for (int e = 0; e < E; ++e) d += last[e] > s[j];
+      for (int i = 0; i < j; ++i) d += s[i] <= s[j];
+      ++stat[d];
+    }
+    for (int j = 0; j < k; ++j) last[tok[j]] = ++stamp;
+  }
+}
+
 void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weights,
                            const float* probs, int64_t T, int k, int E, uint64_t* stat) {
+  if (policy == Policy::kLru && T * k < (int64_t{1} << 32)) {
+    LruDepths(ids, T, k, E, stat);
+    return;
+  }
   if ((policy == Policy::kLfu || policy == Policy::kBelady) &&
       PackedDepths(policy, ids, T, k, E, stat)) {
     return;
@@ -420,12 +447,7 @@ void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weig
       seen[ids[i]] = i;
     }
   }
-  // Score cache (§2c): S[e] <- a s[e] + (1 - a) S[e] for the top-2k, (1 - a) S[e] for the
-  // rest. Kept as S / (1 - a)^t so a token costs O(k), renormalised before it overflows.
-  constexpr double kAlpha = 0.5;
-  std::vector<double> score(E, 0.0);
-  double scale = 1.0;  // (1 - a)^-t since the last renormalisation
-  std::vector<std::pair<float, int>> top;
+  ScoreTable scores(E);
   uint64_t stamp = 0;
   for (int64_t t = 0; t < T; ++t) {
     for (int j = 0; j < k; ++j) {
@@ -476,34 +498,47 @@ void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weig
           p.value = -static_cast<double>(next_use[t * k + j]);
           break;
         case Policy::kScore:
-          p.value = score[x];
+          p.value = scores[x];
           break;
       }
     }
     if (policy == Policy::kScore) {
-      scale /= (1 - kAlpha);
-      if (scale > 1e200) {
-        for (int e = 0; e < E; ++e) pri[e].value = score[e] /= scale;
-        scale = 1.0;
-      }
-      top.clear();
-      if (probs) {
-        for (int e = 0; e < E; ++e) top.emplace_back(probs[t * E + e], e);
-        const int p = std::min(2 * k, E);
-        std::partial_sort(top.begin(), top.begin() + p, top.end(),
-                          [](const auto& a, const auto& b) { return a.first > b.first; });
-        top.resize(p);
-      } else {
-        for (int j = 0; j < k; ++j) {
-          top.emplace_back(weights ? weights[t * k + j] : 1.0f / k, ids[t * k + j]);
-        }
-      }
-      for (const auto& [s, e] : top) score[e] += kAlpha * s * scale;
       // Priorities of every expert change with the scores; only the relative order
       // matters, so the stored (scaled) scores serve as they are.
-      for (const auto& [s, e] : top) pri[e].value = score[e];
+      if (scores.Update(ids, weights, probs, t, k)) {
+        for (int e = 0; e < E; ++e) pri[e].value = scores[e];
+      }
+      for (const auto& [s, e] : scores.top()) pri[e].value = scores[e];
     }
   }
+}
+
+ScoreTable::ScoreTable(int E) : E_(E), score_(E, 0.0) {}
+
+bool ScoreTable::Update(const uint16_t* ids, const float* weights, const float* probs, int64_t t,
+                        int k) {
+  // S / (1 - a)^t: a token costs O(k), not O(E); renormalised before it overflows.
+  bool all = false;
+  scale_ /= (1 - kAlpha);
+  if (scale_ > 1e200) {
+    for (double& v : score_) v /= scale_;
+    scale_ = 1.0;
+    all = true;
+  }
+  top_.clear();
+  if (probs) {
+    for (int e = 0; e < E_; ++e) top_.emplace_back(probs[t * E_ + e], e);
+    const int p = std::min(2 * k, E_);
+    std::partial_sort(top_.begin(), top_.begin() + p, top_.end(),
+                      [](const auto& a, const auto& b) { return a.first > b.first; });
+    top_.resize(p);
+  } else {
+    for (int j = 0; j < k; ++j) {
+      top_.emplace_back(weights ? weights[t * k + j] : 1.0f / k, ids[t * k + j]);
+    }
+  }
+  for (const auto& [s, e] : top_) score_[e] += kAlpha * s * scale_;
+  return all;
 }
 
 }  // namespace moex::lrc

@@ -271,15 +271,14 @@ bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint
 
 bool AddPolicyDepthsAvx512(Policy policy, const uint16_t* ids, int64_t T, int k, int E,
                            uint64_t* stat) {
-  if (policy == Policy::kScore) return false;
+  if (policy != Policy::kLfu && policy != Policy::kBelady) return false;
   // Priorities as AddPolicyDepths defines them: the current token's experts first, then
-  // LFU's use count or Belady's nearness of the next use (LRU: none), then recency.
+  // LFU's use count or Belady's nearness of the next use, then recency.
   const int64_t n = T * k;
   const int id_bits = std::bit_width(static_cast<unsigned>(E));
   const int stamp_bits = std::bit_width(static_cast<uint64_t>(n));
-  const int value_bits = policy == Policy::kLru   ? 0
-                         : policy == Policy::kLfu ? std::bit_width(static_cast<uint64_t>(T))
-                                                  : stamp_bits;
+  const int value_bits =
+      policy == Policy::kLfu ? std::bit_width(static_cast<uint64_t>(T)) : stamp_bits;
   if (1 + value_bits + stamp_bits + id_bits > 64) return false;
   const int value_shift = stamp_bits + id_bits;
   constexpr uint64_t kCurrent = uint64_t{1} << 63;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -49,12 +50,34 @@ void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, c
 // The portable coding (scalar; the reference for the AVX-512 one).
 void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weights,
                            const float* probs, int64_t T, int k, int E, uint64_t* stat);
-// LRU, LFU and Belady as one branch-free pass per access over the levels above the
-// expert (lrc_avx512.cc). Call only where the CPU has AVX-512 (F, BW, VL, DQ). Returns false,
-// adding nothing, for the score policy (its priorities are doubles) and when the packed
-// priorities cannot hold T * k stamps.
+// LFU and Belady (integer priorities) as one branch-free pass per access over the levels
+// above the expert (lrc_avx512.cc). Call only where the CPU has AVX-512 (F, BW, VL, DQ).
+// Returns false, adding nothing, for LRU and the score policy (the portable coding is as
+// fast or faster for them, measured) and when the packed priorities cannot hold T * k
+// stamps.
 bool AddPolicyDepthsAvx512(Policy policy, const uint16_t* ids, int64_t T, int k, int E,
                            uint64_t* stat);
+
+// The score cache's scores (ALGORITHMS.md §2c), for both codings of its replay: after each
+// token, S[e] <- a s[e] + (1 - a) S[e] for the token's top experts (the top-2k
+// probabilities when present, else the top-k weights, else 1/k each) and (1 - a) S[e] for
+// the rest. Kept as S / (1 - a)^t, so only the relative order of the values is meaningful.
+class ScoreTable {
+ public:
+  static constexpr double kAlpha = 0.5;
+  explicit ScoreTable(int E);
+  double operator[](int e) const { return score_[e]; }
+  // Applies token t. True when every value changed (a renormalisation), else only those of
+  // top().
+  bool Update(const uint16_t* ids, const float* weights, const float* probs, int64_t t, int k);
+  const std::vector<std::pair<float, int>>& top() const { return top_; }
+
+ private:
+  int E_;
+  std::vector<double> score_;
+  double scale_ = 1.0;  // (1 - a)^-t since the last renormalisation
+  std::vector<std::pair<float, int>> top_;
+};
 
 // The true experts (top-k) found among a guess of g ids; ids distinct within each.
 int GuessHits(const uint16_t* guess, int g, const uint16_t* truth, int k);
