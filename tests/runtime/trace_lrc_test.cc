@@ -231,6 +231,50 @@ TEST(TraceLrcTest, RandomTracesMatchBruteForce) {
   }
 }
 
+// Every policy against brute force on shapes wider than the test above (several AVX-512
+// blocks of levels; LRU's count over many stamps; the score policy's packed keys).
+TEST(TraceLrcTest, WideShapesMatchBruteForce) {
+  std::mt19937 rng(2024);
+  for (int iter = 0; iter < 12; ++iter) {
+    const int E = 17 + rng() % 24;
+    const int k = 1 + rng() % 6;
+    const int T = 20 + rng() % 60;
+    const std::vector<uint16_t> ids = RandomTrace(rng, T, k, E);
+    std::vector<float> w(ids.size());
+    for (float& x : w) x = (rng() % 1000) / 1000.0f;
+    for (int p = 0; p < kNumPolicies; ++p) {
+      std::vector<uint64_t> stat(E, 0);
+      lrc::AddPolicyDepths(static_cast<Policy>(p), ids.data(), w.data(), nullptr, T, k, E,
+                           stat.data());
+      const std::vector<double> r = Rates(stat, int64_t{T} * k);
+      for (int C = 1; C <= E; ++C) {
+        ASSERT_NEAR(r[C - 1], BrutePolicy(static_cast<Policy>(p), ids, w, T, k, E, C), 1e-12)
+            << kPolicyNames[p] << " C=" << C << " iter " << iter;
+      }
+    }
+  }
+}
+
+// Weights the packed score keys cannot order (negative, NaN, infinite): the three-field
+// comparator runs instead. With a negative weight the priorities still have an order, and
+// the replay must equal brute force; with NaN or infinity, every access still lands.
+TEST(TraceLrcTest, ScoreWithUnorderedWeightsStillReplays) {
+  const std::vector<uint16_t> ids = {0, 1, 2, 0, 3, 1, 2, 2, 0, 3};
+  for (float bad :
+       {-0.5f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    const std::vector<float> w = {0.5f, bad, 0.25f, 1.0f, 0.75f, 0.1f, 0.3f, 0.9f, 0.2f, 0.6f};
+    std::vector<uint64_t> stat(4, 0);
+    lrc::AddPolicyDepths(Policy::kScore, ids.data(), w.data(), nullptr, 10, 1, 4, stat.data());
+    EXPECT_EQ(stat[0] + stat[1] + stat[2] + stat[3], 10u);
+    if (bad < 0) {
+      const std::vector<double> r = Rates(stat, 10);
+      for (int C = 1; C <= 4; ++C) {
+        EXPECT_NEAR(r[C - 1], BrutePolicy(Policy::kScore, ids, w, 10, 1, 4, C), 1e-12) << C;
+      }
+    }
+  }
+}
+
 // The AVX-512 replay (LFU, Belady) against the portable one on larger shapes than the
 // brute force can take: several blocks of levels, long traces, every depth counted.
 TEST(TraceLrcTest, Avx512PoliciesMatchScalar) {
