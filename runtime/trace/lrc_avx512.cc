@@ -41,8 +41,6 @@
 namespace moex::lrc {
 namespace {
 
-constexpr uint64_t kNone = ~uint64_t{0};
-
 // Keys in list order, 8 to a 64-byte block, each carrying its expert's id in its low bits
 // (the rest of a key decides every comparison: keys are distinct without the id), and each
 // expert's position (-1: not listed).
@@ -121,12 +119,11 @@ struct Lanes {
   }
 };
 
-// Prefix minima across blocks: Next(t) gives, for each lane of t, the smallest of t's lanes
-// up to it and of everything before this block (`before`, every lane the same), and
-// Before() that of everything before each lane; then `before` moves past the block.
+// Prefix minima across blocks: after Next(t), Before() gives for each lane of t the
+// smallest of the lanes before it, this block's and every earlier block's.
 class PrefixMin {
  public:
-  __m512i Next(__m512i t) {
+  void Next(__m512i t) {
     const __m512i none = _mm512_set1_epi64(-1);
     t = _mm512_min_epu64(t, _mm512_alignr_epi64(t, none, 7));
     t = _mm512_min_epu64(t, _mm512_alignr_epi64(t, none, 6));
@@ -134,12 +131,12 @@ class PrefixMin {
     t = _mm512_min_epu64(t, before_);
     excl_ = _mm512_alignr_epi64(t, before_, 7);
     before_ = _mm512_permutexvar_epi64(_mm512_set1_epi64(7), t);
-    return t;
   }
   __m512i Before() const { return excl_; }
 
  private:
-  __m512i before_ = _mm512_set1_epi64(-1), excl_;
+  __m512i before_ = _mm512_set1_epi64(-1);  // the smallest of all earlier blocks, every lane
+  __m512i excl_;
 };
 
 // ---- SCH -------------------------------------------------------------------------------
@@ -282,15 +279,8 @@ bool AddPolicyDepthsAvx512(Policy policy, const uint16_t* ids, int64_t T, int k,
   if (1 + value_bits + stamp_bits + id_bits > 64) return false;
   const int value_shift = stamp_bits + id_bits;
   constexpr uint64_t kCurrent = uint64_t{1} << 63;
-  std::vector<int64_t> next_use;
-  if (policy == Policy::kBelady) {
-    next_use.assign(n, n);
-    std::vector<int64_t> seen(E, n);
-    for (int64_t i = n - 1; i >= 0; --i) {
-      next_use[i] = seen[ids[i]];
-      seen[ids[i]] = i;
-    }
-  }
+  const std::vector<int64_t> next_use =
+      policy == Policy::kBelady ? NextUses(ids, n, E) : std::vector<int64_t>();
   std::vector<uint64_t> uses(policy == Policy::kLfu ? E : 0, 0);
   MattsonStack st(E, id_bits);
   uint64_t stamp = 0;

@@ -58,6 +58,10 @@ void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weig
 bool AddPolicyDepthsAvx512(Policy policy, const uint16_t* ids, int64_t T, int k, int E,
                            uint64_t* stat);
 
+// Belady's next use: for each access i of ids[0 .. n), the index of the next access of the
+// same expert (n when none).
+std::vector<int64_t> NextUses(const uint16_t* ids, int64_t n, int E);
+
 // The score cache's scores (ALGORITHMS.md §2c), for both codings of its replay: after each
 // token, S[e] <- a s[e] + (1 - a) S[e] for the token's top experts (the top-2k
 // probabilities when present, else the top-k weights, else 1/k each) and (1 - a) S[e] for

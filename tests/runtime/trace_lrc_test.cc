@@ -195,6 +195,22 @@ std::vector<uint16_t> RandomTrace(std::mt19937& rng, int T, int k, int E) {
   return ids;
 }
 
+// Every policy's hit rate at every C, replayed at once, against the direct simulation.
+void ExpectPoliciesMatchBruteForce(const std::vector<uint16_t>& ids, const std::vector<float>& w,
+                                   int T, int k, int E, int iter) {
+  for (int p = 0; p < kNumPolicies; ++p) {
+    std::vector<uint64_t> stat(E, 0);
+    lrc::AddPolicyDepths(static_cast<Policy>(p), ids.data(), w.data(), nullptr, T, k, E,
+                         stat.data());
+    const std::vector<double> r = Rates(stat, int64_t{T} * k);
+    for (int C = 1; C <= E; ++C) {
+      EXPECT_NEAR(r[C - 1], BrutePolicy(static_cast<Policy>(p), ids, w, T, k, E, C), 1e-12)
+          << kPolicyNames[p] << " C=" << C << " iter " << iter << " T " << T << " k " << k << " E "
+          << E;
+    }
+  }
+}
+
 TEST(TraceLrcTest, RandomTracesMatchBruteForce) {
   std::mt19937 rng(20250516);
   for (int iter = 0; iter < 300; ++iter) {
@@ -217,17 +233,7 @@ TEST(TraceLrcTest, RandomTracesMatchBruteForce) {
       for (int c = 1; c < E; ++c) EXPECT_LE(s[c - 1], s[c] + 1e-15);
       EXPECT_DOUBLE_EQ(s[E - 1], 1.0);
     }
-    for (int p = 0; p < kNumPolicies; ++p) {
-      std::vector<uint64_t> stat(E, 0);
-      lrc::AddPolicyDepths(static_cast<Policy>(p), ids.data(), w.data(), nullptr, T, k, E,
-                           stat.data());
-      const std::vector<double> r = Rates(stat, int64_t{T} * k);
-      for (int C = 1; C <= E; ++C) {
-        EXPECT_NEAR(r[C - 1], BrutePolicy(static_cast<Policy>(p), ids, w, T, k, E, C), 1e-12)
-            << kPolicyNames[p] << " C=" << C << " iter " << iter << " T " << T << " k " << k
-            << " E " << E;
-      }
-    }
+    ExpectPoliciesMatchBruteForce(ids, w, T, k, E, iter);
   }
 }
 
@@ -242,16 +248,7 @@ TEST(TraceLrcTest, WideShapesMatchBruteForce) {
     const std::vector<uint16_t> ids = RandomTrace(rng, T, k, E);
     std::vector<float> w(ids.size());
     for (float& x : w) x = (rng() % 1000) / 1000.0f;
-    for (int p = 0; p < kNumPolicies; ++p) {
-      std::vector<uint64_t> stat(E, 0);
-      lrc::AddPolicyDepths(static_cast<Policy>(p), ids.data(), w.data(), nullptr, T, k, E,
-                           stat.data());
-      const std::vector<double> r = Rates(stat, int64_t{T} * k);
-      for (int C = 1; C <= E; ++C) {
-        ASSERT_NEAR(r[C - 1], BrutePolicy(static_cast<Policy>(p), ids, w, T, k, E, C), 1e-12)
-            << kPolicyNames[p] << " C=" << C << " iter " << iter;
-      }
-    }
+    ExpectPoliciesMatchBruteForce(ids, w, T, k, E, iter);
   }
 }
 

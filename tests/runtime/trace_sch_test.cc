@@ -16,7 +16,9 @@
 // lists and a walk) must agree exactly on every rank histogram: a slip in either coding of the
 // rules (a wrong neighbour, a head flag left behind, an off-by-one in the bidirectional search)
 // shows up as a difference. This array coding was written as a candidate speed-up; it is not faster
-// (the fix-up's data-dependent branches dominate either way), so it lives here as the oracle.
+// (the fix-up's data-dependent branches dominate either way), so it lives here as the oracle. The
+// AVX-512 pass (lrc_avx512.cc) is a third coding, of a derived formulation (runs from the keys,
+// moves as prefix minima of the run tails), checked against both on the same traces.
 #include <algorithm>
 #include <bit>
 #include <cstdint>
