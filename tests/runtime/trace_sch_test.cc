@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -322,6 +323,30 @@ TEST(TraceSchTest, Avx512DeclinesKeysThatDoNotFitAndDispatchStillAnswers) {
       EXPECT_EQ(fast, linked) << T;
     } else {
       EXPECT_EQ(fast, std::vector<uint64_t>(E, 0)) << "declined, but added counts";
+    }
+  }
+}
+
+// The smallest shapes: one expert (every access at rank 0), and E = k (every token uses all
+// experts), through both codings.
+TEST(TraceSchTest, SmallestShapesBothCodings) {
+  for (auto [E, k] : {std::pair{1, 1}, std::pair{3, 3}, std::pair{8, 8}}) {
+    const int T = 20;
+    std::vector<uint16_t> ids;
+    for (int t = 0; t < T; ++t) {
+      for (int j = 0; j < k; ++j) ids.push_back((t + j) % E);
+    }
+    for (int m : {1, 4, 64}) {
+      std::vector<uint64_t> linked(E, 0);
+      lrc::AddSchRanksLinked(ids.data(), T, k, E, m, linked.data());
+      uint64_t within_k = 0;
+      for (int r = 0; r < k; ++r) within_k += linked[r];
+      EXPECT_EQ(within_k, static_cast<uint64_t>(T) * k) << "E " << E << " m " << m;
+      if (kcpu::CpuSupports(kcpu::IsaLevel::kAvx512)) {
+        std::vector<uint64_t> fast(E, 0);
+        ASSERT_TRUE(lrc::AddSchRanksAvx512(ids.data(), T, k, E, m, fast.data()));
+        EXPECT_EQ(fast, linked) << "E " << E << " m " << m;
+      }
     }
   }
 }
