@@ -330,9 +330,22 @@ namespace {
 
 // Reads the whole file; traces are analysed in memory anyway.
 absl::StatusOr<std::string> Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::streamoff size = in.tellg();
+  if (size < 0) {  // not seekable (a pipe): read it as a stream
+    in.clear();
+    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return data;
+  }
+  // One read into a buffer of the file's size (a character iterator took 0.3 s of the 3.7
+  // s a 384 MB trace took to read).
+  std::string data(static_cast<size_t>(size), '\0');
+  in.seekg(0);
+  if (size > 0 && !in.read(data.data(), size)) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": read failed after ", in.gcount(), " of ", size, " bytes"));
+  }
   return data;
 }
 
@@ -487,6 +500,19 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path, const ReadTraceOptions&
   const TraceHeader& h = t.header;
   const uint64_t id_bytes = SmallIds(h.num_experts) ? 1 : 2;
   t.seq_start.push_back(0);
+  {
+    // Room for every id the file can hold, so the arrays do not grow (and copy) sequence
+    // by sequence: a slot of a token's top-k takes at least its id, its weight and its
+    // share of the probabilities.
+    const double slot = static_cast<double>(id_bytes) + (h.has_weights ? 4 : 0) +
+                        (h.has_probs ? 4.0 * h.num_experts / h.top_k : 0);
+    const size_t most = static_cast<size_t>(static_cast<double>(data.size()) / slot);
+    t.experts.reserve(most);
+    if (h.has_weights) t.weights.reserve(most);
+  }
+  // seen[e] = the last token (numbered from 1 across the file) in which expert e was seen.
+  std::vector<uint64_t> seen(h.num_experts, 0);
+  uint64_t token = 0;
   while (!c.done()) {
     const std::string seq = absl::StrCat("sequence ", t.seq_names.size());
     MOEX_ASSIGN_OR_RETURN(uint32_t name_len, c.U32(seq + " name length"));
@@ -520,20 +546,22 @@ absl::StatusOr<Trace> ReadTrace(const std::string& path, const ReadTraceOptions&
     } else if (ids > 0) {
       std::memcpy(t.experts.data() + old, c.Take(ids * 2), ids * 2);
     }
-    for (uint64_t i = old; i < old + ids; ++i) {
-      if (t.experts[i] >= h.num_experts) {
-        return absl::DataLossError(absl::StrCat(path, ": ", seq, ": expert id ", t.experts[i],
-                                                " >= ", h.num_experts, " near byte ", pos0));
-      }
-      // A token's top-k are distinct experts; the analysis counts on it (a repeated id
-      // overflowed SRP's per-count histogram; found by fuzz_trace).
-      const uint64_t first_of_token = old + (i - old) / h.top_k * h.top_k;
-      for (uint64_t j = first_of_token; j < i; ++j) {
-        if (t.experts[j] == t.experts[i]) {
-          return absl::DataLossError(absl::StrCat(path, ": ", seq, ": expert id ", t.experts[i],
+    for (uint64_t g = old; g < old + ids; g += h.top_k) {  // a token's top-k
+      ++token;
+      for (int j = 0; j < h.top_k; ++j) {
+        const uint16_t e = t.experts[g + j];
+        if (e >= h.num_experts) {
+          return absl::DataLossError(absl::StrCat(path, ": ", seq, ": expert id ", e,
+                                                  " >= ", h.num_experts, " near byte ", pos0));
+        }
+        // A token's top-k are distinct experts; the analysis counts on it (a repeated id
+        // overflowed SRP's per-count histogram; found by fuzz_trace).
+        if (seen[e] == token) {
+          return absl::DataLossError(absl::StrCat(path, ": ", seq, ": expert id ", e,
                                                   " twice in one token's top-", h.top_k,
                                                   " near byte ", pos0));
         }
+        seen[e] = token;
       }
     }
     if (h.has_weights && ids > 0) {
