@@ -1,6 +1,6 @@
 // `moex lrc`'s stack passes, per token of one layer: SCH's lazy stack at each segment
-// length and the four policies' Mattson stacks, each in its portable coding and in the
-// AVX-512 one where the CPU has it. Routing of one 4096-token sequence, 128 experts, top-8,
+// length, in its portable coding and in the AVX-512 one where the CPU has it, and the four
+// policies' Mattson stacks. Routing of one 4096-token sequence, 128 experts, top-8,
 // drawn like tools/synth_trace.py's (a skewed popularity per layer, a "topic" per 64 tokens
 // favouring a few experts, Gumbel top-k), so the stacks see realistic depths.
 //
@@ -80,38 +80,20 @@ void BM_Sch(benchmark::State& state) {
 }
 BENCHMARK(BM_Sch)->ArgsProduct({{4, 16, 64, 256}, {0, 1}})->ArgNames({"m", "avx512"});
 
-// args: policy (lru, lfu, score, belady), coding (0 portable, 1 AVX-512: LFU and Belady)
+// arg: policy (lru, lfu, score, belady)
 void BM_Policy(benchmark::State& state) {
   const Policy p = static_cast<Policy>(state.range(0));
-  const bool avx512 = state.range(1) == 1;
-  if (avx512 && !HaveAvx512()) {
-    state.SkipWithError("no AVX-512 here");
-    return;
-  }
   state.SetLabel(kPolicyNames[static_cast<int>(p)]);
   const Routing& r = Layer();
   std::vector<uint64_t> stat(kE);
   for (auto _ : state) {
     std::fill(stat.begin(), stat.end(), 0);
-    if (avx512) {
-      lrc::AddPolicyDepthsAvx512(p, r.ids.data(), kT, kK, kE, stat.data());
-    } else {
-      lrc::AddPolicyDepthsScalar(p, r.ids.data(), r.weights.data(), nullptr, kT, kK, kE,
-                                 stat.data());
-    }
+    lrc::AddPolicyDepths(p, r.ids.data(), r.weights.data(), nullptr, kT, kK, kE, stat.data());
     benchmark::DoNotOptimize(stat.data());
   }
   state.SetItemsProcessed(state.iterations() * kT);
 }
-// (The AVX-512 pass serves LFU and Belady only; LRU and the score policy have one coding.)
-BENCHMARK(BM_Policy)
-    ->Args({0, 0})
-    ->Args({1, 0})
-    ->Args({1, 1})
-    ->Args({2, 0})
-    ->Args({3, 0})
-    ->Args({3, 1})
-    ->ArgNames({"policy", "avx512"});
+BENCHMARK(BM_Policy)->DenseRange(0, kNumPolicies - 1)->ArgName("policy");
 
 }  // namespace
 }  // namespace moex

@@ -1,15 +1,8 @@
-// SCH's lazily sorted priority stack (ljcleo/moe-lrc, calc_fsf) and the cache policies'
-// Mattson stacks with AVX-512: each access is one branch-free pass over the positions above
-// the accessed expert, 8 at a time. Compiled with its own -mavx512* flags; called only after
-// cpu_features has checked the CPU.
+// SCH's lazily sorted priority stack (ljcleo/moe-lrc, calc_fsf) with AVX-512: each access is
+// one branch-free pass over the positions above the accessed expert, 8 at a time. Compiled
+// with its own -mavx512* flags; called only after cpu_features has checked the CPU.
 //
-// Policies: Mattson's update moves x to the top and, level by level down to x's old place,
-// keeps the higher of the carried expert and the resident one, carrying the lower on. The
-// carried key at level i is therefore the minimum of levels 0 .. i (a prefix minimum), the
-// new level i is max(that minimum up to i - 1, old level i), and x's old place receives the
-// minimum of everything above it.
-//
-// SCH: why a pass over positions gives the reference's numbers. The reference keeps the list as
+// Why a pass over positions gives the reference's numbers. The reference keeps the list as
 // a chain of runs, each with a head flag, and its updates keep the heads exactly at the
 // ascents of the keys (a head iff its predecessor's key is smaller) -- except the accessed
 // expert x, made a head for the length of its access. So the runs follow from the keys and
@@ -203,41 +196,6 @@ class LazyStack {
   uint64_t stamp_ = 0;
 };
 
-// ---- cache policies ----------------------------------------------------------------------
-
-// A Mattson stack of packed priorities: current << 63 | value << value_shift | stamp <<
-// id_bits | id (higher stays).
-class MattsonStack {
- public:
-  MattsonStack(int E, int id_bits) : keys_(E, id_bits) {}
-
-  int Pos(int x) const { return keys_.Pos(x); }
-  int size() const { return n_; }
-  void AddAt(int p, uint64_t v) { keys_.AddAt(p, v); }
-
-  // Moves the expert at depth d (d = size(): one not listed) to the top with key xkey.
-  void Access(int d, uint64_t xkey) {
-    PrefixMin carried;
-    const KeyBlocks::Pass pass(keys_);
-    for (int b = 0; 8 * b <= d; ++b) {
-      const Lanes l(d, b);
-      const __m512i kv = pass.Load(b);
-      carried.Next(_mm512_mask_mov_epi64(_mm512_set1_epi64(-1), l.above, kv));
-      const __m512i low = carried.Before();  // carried into each level
-      // Levels above d keep the higher; level d receives what was carried to it.
-      __m512i res = _mm512_mask_max_epu64(low, l.above, low, kv);
-      if (b == 0) res = _mm512_mask_set1_epi64(res, 1, xkey);
-      res = _mm512_mask_mov_epi64(res, l.past, kv);
-      pass.Store(b, res, _kandn_mask8(l.past, _mm512_cmpneq_epu64_mask(res, kv)));
-    }
-    if (d == n_) ++n_;
-  }
-
- private:
-  KeyBlocks keys_;
-  int n_ = 0;
-};
-
 }  // namespace
 
 bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat) {
@@ -261,42 +219,6 @@ bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint
     for (int j = 0; j < k; ++j) st.Access(tok[j]);
     if (t + m < T) {
       for (int j = 0; j < k; ++j) st.AddFuture(ids[(t + m) * k + j]);
-    }
-  }
-  return true;
-}
-
-bool AddPolicyDepthsAvx512(Policy policy, const uint16_t* ids, int64_t T, int k, int E,
-                           uint64_t* stat) {
-  if (policy != Policy::kLfu && policy != Policy::kBelady) return false;
-  // Priorities as AddPolicyDepths defines them: the current token's experts first, then
-  // LFU's use count or Belady's nearness of the next use, then recency.
-  const int64_t n = T * k;
-  const int id_bits = std::bit_width(static_cast<unsigned>(E));
-  const int stamp_bits = std::bit_width(static_cast<uint64_t>(n));
-  const int value_bits =
-      policy == Policy::kLfu ? std::bit_width(static_cast<uint64_t>(T)) : stamp_bits;
-  if (1 + value_bits + stamp_bits + id_bits > 64) return false;
-  const int value_shift = stamp_bits + id_bits;
-  constexpr uint64_t kCurrent = uint64_t{1} << 63;
-  const std::vector<int64_t> next_use =
-      policy == Policy::kBelady ? NextUses(ids, n, E) : std::vector<int64_t>();
-  std::vector<uint64_t> uses(policy == Policy::kLfu ? E : 0, 0);
-  MattsonStack st(E, id_bits);
-  uint64_t stamp = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    if (t > 0) {  // the previous token's experts are no longer current
-      for (int j = 0; j < k; ++j) st.AddAt(st.Pos(ids[(t - 1) * k + j]), -kCurrent);
-    }
-    for (int j = 0; j < k; ++j) {
-      const int x = ids[t * k + j];
-      const int p = st.Pos(x);
-      const int d = p < 0 ? st.size() : p;  // a first access: a free slot holds it
-      ++stat[d];
-      uint64_t value = 0;
-      if (policy == Policy::kLfu) value = ++uses[x];
-      if (policy == Policy::kBelady) value = static_cast<uint64_t>(n - next_use[t * k + j]);
-      st.Access(d, kCurrent | value << value_shift | ++stamp << id_bits | x);
     }
   }
   return true;

@@ -29,8 +29,7 @@ SrpResult SrpFromHistogram(const uint64_t* hist, int m, int E);
 // SCH: adds to stat[r] (size E) the number of accesses found at rank r of the paper's
 // lazily sorted priority stack (ljcleo/moe-lrc, calc_fsf); hits(C) = stat[0] + ... +
 // stat[C-1]. A first access counts at rank = number of distinct experts seen before.
-// Runs AddSchRanksAvx512 where the CPU has AVX-512 and the keys fit, else the linked one
-// (AddPolicyDepths likewise).
+// Runs AddSchRanksAvx512 where the CPU has AVX-512 and the keys fit, else the linked one.
 void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
 // The portable coding: the reference's linked lists and update rules, transcribed.
 void AddSchRanksLinked(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
@@ -47,17 +46,6 @@ bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint
 // else 1/k each.
 void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, const float* probs,
                      int64_t T, int k, int E, uint64_t* stat);
-// The portable coding (scalar; the reference for the AVX-512 one).
-void AddPolicyDepthsScalar(Policy policy, const uint16_t* ids, const float* weights,
-                           const float* probs, int64_t T, int k, int E, uint64_t* stat);
-// LFU and Belady (integer priorities) as one branch-free pass per access over the levels
-// above the expert (lrc_avx512.cc). Call only where the CPU has AVX-512 (F, BW, VL, DQ).
-// Returns false, adding nothing, for LRU and the score policy (the portable coding is as
-// fast or faster for them, measured) and when the packed priorities cannot hold T * k
-// stamps.
-bool AddPolicyDepthsAvx512(Policy policy, const uint16_t* ids, int64_t T, int k, int E,
-                           uint64_t* stat);
-
 // Belady's next use: for each access i of ids[0 .. n), the index of the next access of the
 // same expert (n when none).
 std::vector<int64_t> NextUses(const uint16_t* ids, int64_t n, int E);
