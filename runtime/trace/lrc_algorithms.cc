@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "kernels_cpu/cpu_features.h"
@@ -299,6 +300,10 @@ void AddSchRanksLinked(const uint16_t* ids, int64_t T, int k, int E, int m, uint
 
 // ---- cache policies ---------------------------------------------------------------------
 
+namespace {
+
+// Belady's next use: for each access i of ids[0 .. n), the index of the next access of the
+// same expert (n when none).
 std::vector<int64_t> NextUses(const uint16_t* ids, int64_t n, int E) {
   std::vector<int64_t> next(n, n), seen(E, n);
   for (int64_t i = n - 1; i >= 0; --i) {
@@ -308,7 +313,50 @@ std::vector<int64_t> NextUses(const uint16_t* ids, int64_t n, int E) {
   return next;
 }
 
-namespace {
+// The score cache's scores (ALGORITHMS.md §2c), for both paths of its replay (packed keys,
+// and the three-field comparator): after each token, S[e] <- a s[e] + (1 - a) S[e] for the
+// token's top experts (the top-2k probabilities when present, else the top-k weights, else
+// 1/k each) and (1 - a) S[e] for the rest. Kept as S / (1 - a)^t, so a token costs O(k),
+// not O(E), and only the relative order of the values is meaningful.
+class ScoreTable {
+ public:
+  static constexpr double kAlpha = 0.5;
+  explicit ScoreTable(int E) : E_(E), score_(E, 0.0) {}
+  double operator[](int e) const { return score_[e]; }
+  const std::vector<std::pair<float, int>>& top() const { return top_; }
+
+  // Applies token t. True when every value changed (a renormalisation), else only those of
+  // top().
+  bool Update(const uint16_t* ids, const float* weights, const float* probs, int64_t t, int k) {
+    bool all = false;
+    scale_ /= (1 - kAlpha);
+    if (scale_ > 1e200) {  // renormalised before it overflows
+      for (double& v : score_) v /= scale_;
+      scale_ = 1.0;
+      all = true;
+    }
+    top_.clear();
+    if (probs) {
+      for (int e = 0; e < E_; ++e) top_.emplace_back(probs[t * E_ + e], e);
+      const int p = std::min(2 * k, E_);
+      std::partial_sort(top_.begin(), top_.begin() + p, top_.end(),
+                        [](const auto& a, const auto& b) { return a.first > b.first; });
+      top_.resize(p);
+    } else {
+      for (int j = 0; j < k; ++j) {
+        top_.emplace_back(weights ? weights[t * k + j] : 1.0f / k, ids[t * k + j]);
+      }
+    }
+    for (const auto& [s, e] : top_) score_[e] += kAlpha * s * scale_;
+    return all;
+  }
+
+ private:
+  int E_;
+  std::vector<double> score_;
+  double scale_ = 1.0;  // (1 - a)^-t since the last renormalisation
+  std::vector<std::pair<float, int>> top_;
+};
 
 // Eviction priority: higher stays. Experts of the token being served come first, so a
 // cache of at least k never evicts one expert of a token to load another.
@@ -588,34 +636,6 @@ void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, c
       for (const auto& [s, e] : scores.top()) pri[e].value = scores[e];
     }
   }
-}
-
-ScoreTable::ScoreTable(int E) : E_(E), score_(E, 0.0) {}
-
-bool ScoreTable::Update(const uint16_t* ids, const float* weights, const float* probs, int64_t t,
-                        int k) {
-  // S / (1 - a)^t: a token costs O(k), not O(E); renormalised before it overflows.
-  bool all = false;
-  scale_ /= (1 - kAlpha);
-  if (scale_ > 1e200) {
-    for (double& v : score_) v /= scale_;
-    scale_ = 1.0;
-    all = true;
-  }
-  top_.clear();
-  if (probs) {
-    for (int e = 0; e < E_; ++e) top_.emplace_back(probs[t * E_ + e], e);
-    const int p = std::min(2 * k, E_);
-    std::partial_sort(top_.begin(), top_.begin() + p, top_.end(),
-                      [](const auto& a, const auto& b) { return a.first > b.first; });
-    top_.resize(p);
-  } else {
-    for (int j = 0; j < k; ++j) {
-      top_.emplace_back(weights ? weights[t * k + j] : 1.0f / k, ids[t * k + j]);
-    }
-  }
-  for (const auto& [s, e] : top_) score_[e] += kAlpha * s * scale_;
-  return all;
 }
 
 }  // namespace moex::lrc

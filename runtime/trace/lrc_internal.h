@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -33,7 +32,7 @@ SrpResult SrpFromHistogram(const uint64_t* hist, int m, int E);
 void AddSchRanks(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
 // The portable coding: the reference's linked lists and update rules, transcribed.
 void AddSchRanksLinked(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
-// The same ranks from one data-parallel pass per access (lrc_sch_avx512.cc explains why it
+// The same ranks from one data-parallel pass per access (lrc_avx512.cc explains why it
 // equals the reference). Call only where the CPU has AVX-512 (F, BW, VL, DQ). Returns false,
 // adding nothing, when the packed keys cannot hold T * k stamps beside the ids and counts.
 bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint64_t* stat);
@@ -46,31 +45,6 @@ bool AddSchRanksAvx512(const uint16_t* ids, int64_t T, int k, int E, int m, uint
 // else 1/k each.
 void AddPolicyDepths(Policy policy, const uint16_t* ids, const float* weights, const float* probs,
                      int64_t T, int k, int E, uint64_t* stat);
-// Belady's next use: for each access i of ids[0 .. n), the index of the next access of the
-// same expert (n when none).
-std::vector<int64_t> NextUses(const uint16_t* ids, int64_t n, int E);
-
-// The score cache's scores (ALGORITHMS.md §2c), for both codings of its replay: after each
-// token, S[e] <- a s[e] + (1 - a) S[e] for the token's top experts (the top-2k
-// probabilities when present, else the top-k weights, else 1/k each) and (1 - a) S[e] for
-// the rest. Kept as S / (1 - a)^t, so only the relative order of the values is meaningful.
-class ScoreTable {
- public:
-  static constexpr double kAlpha = 0.5;
-  explicit ScoreTable(int E);
-  double operator[](int e) const { return score_[e]; }
-  // Applies token t. True when every value changed (a renormalisation), else only those of
-  // top().
-  bool Update(const uint16_t* ids, const float* weights, const float* probs, int64_t t, int k);
-  const std::vector<std::pair<float, int>>& top() const { return top_; }
-
- private:
-  int E_;
-  std::vector<double> score_;
-  double scale_ = 1.0;  // (1 - a)^-t since the last renormalisation
-  std::vector<std::pair<float, int>> top_;
-};
-
 // The true experts (top-k) found among a guess of g ids; ids distinct within each.
 int GuessHits(const uint16_t* guess, int g, const uint16_t* truth, int k);
 // Recall hits / (samples * k) and precision hits / (samples * g); NaN without samples.
