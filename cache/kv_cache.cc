@@ -13,6 +13,17 @@ namespace moex {
 
 using kcpu::GgmlType;
 
+namespace {
+
+// A row of `type` as floats: f32 rows in place, others decoded into buf.
+const float* DecodeRow(GgmlType type, const uint8_t* r, float* buf, int64_t hd) {
+  if (type == GgmlType::kF32) return reinterpret_cast<const float*>(r);
+  kcpu::DequantizeRow(type, r, buf, hd);
+  return buf;
+}
+
+}  // namespace
+
 absl::StatusOr<GgmlType> ParseKvType(std::string_view name) {
   if (name == "f32") return GgmlType::kF32;
   if (name == "f16") return GgmlType::kF16;
@@ -155,10 +166,7 @@ int32_t KvCache::NewRow(KvRows& rows) {
   if (r < 0 && o_.max_bytes > 0) {
     // Under a byte limit, pages waiting in the other stores' pools (emptied by eviction,
     // demotion or grouping) are freed first, their bytes back to the limit.
-    for (KvPagePool* p :
-         {row_pages_.get(), low_pages_.get(), group_pages_.get(), residual_pages_.get()}) {
-      p->Trim();
-    }
+    for (KvPagePool* p : Pools()) p->Trim();
     r = rows.Append();
   }
   return r;
@@ -347,10 +355,7 @@ const float* KvCache::ReadRow(const Head& s, bool key, int64_t i, float* buf) co
     }
     return buf;
   }
-  const uint8_t* r = s.rows.row(s.slot[i], key ? 0 : VPlane());
-  if (row_type_ == GgmlType::kF32) return reinterpret_cast<const float*>(r);
-  kcpu::DequantizeRow(row_type_, r, buf, hd);
-  return buf;
+  return DecodeRow(row_type_, s.rows.row(s.slot[i], key ? 0 : VPlane()), buf, hd);
 }
 
 void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_t pos0,
@@ -384,11 +389,6 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
   const int32_t* const slot = s.slot.data();
   const GgmlType type = row_type_;
   float* const buf = row.data();
-  auto Decode = [type, buf, hd](const uint8_t* r) -> const float* {
-    if (type == GgmlType::kF32) return reinterpret_cast<const float*>(r);
-    kcpu::DequantizeRow(type, r, buf, hd);
-    return buf;
-  };
   for (int64_t t0 = 0; t0 < n; t0 += tile) {
     const int64_t nt = std::min(tile, n - t0);
     // Entries are in position order, so each query's causal mask keeps a prefix.
@@ -398,7 +398,8 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
       max_visible = std::max(max_visible, visible[t]);
     }
     for (int64_t i = 0; i < max_visible; ++i) {
-      const float* k = plain ? Decode(keys.row(slot[i])) : ReadRow(s, true, i, row.data());
+      const float* k =
+          plain ? DecodeRow(type, keys.row(slot[i]), buf, hd) : ReadRow(s, true, i, row.data());
       for (int64_t t = 0; t < nt; ++t) {
         if (i >= visible[t]) continue;
         for (int64_t g = 0; g < group; ++g) {
@@ -415,7 +416,8 @@ void KvCache::AttendHead(Head& s, int64_t kvh, const float* q, int64_t n, int64_
       }
     }
     for (int64_t i = 0; i < max_visible; ++i) {
-      const float* v = plain ? Decode(values.row(slot[i])) : ReadRow(s, false, i, row.data());
+      const float* v =
+          plain ? DecodeRow(type, values.row(slot[i]), buf, hd) : ReadRow(s, false, i, row.data());
       for (int64_t t = 0; t < nt; ++t) {
         if (i >= visible[t]) continue;
         for (int64_t g = 0; g < group; ++g) {
@@ -549,8 +551,9 @@ void KvCache::Truncate(int64_t n) {
 }
 
 int64_t KvCache::allocated_bytes() const {
-  return row_pages_->bytes() + low_pages_->bytes() + group_pages_->bytes() +
-         residual_pages_->bytes();
+  int64_t bytes = 0;
+  for (const KvPagePool* p : Pools()) bytes += p->bytes();
+  return bytes;
 }
 
 std::vector<int64_t> KvCache::KeptPositions(int64_t layer, int64_t h) const {

@@ -40,6 +40,7 @@
 #ifndef MOEX_CACHE_KV_CACHE_H_
 #define MOEX_CACHE_KV_CACHE_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -201,6 +202,9 @@ class KvCache {
   // their pages back when destroyed).
   std::atomic<int64_t> bytes_left_{0};  // of max_bytes, when set
   std::unique_ptr<KvPagePool> row_pages_, low_pages_, group_pages_, residual_pages_;
+  std::array<KvPagePool*, 4> Pools() const {
+    return {row_pages_.get(), low_pages_.get(), group_pages_.get(), residual_pages_.get()};
+  }
   std::vector<Head> heads_;
   int64_t n_past_ = 0;
   // mikv's demoted rows: q8 (Q8_0), q4 (Q4_1) or q2 (cache/kv_q2.h).

@@ -34,65 +34,6 @@
 namespace moex::lrc {
 namespace {
 
-// Keys in list order, 8 to a 64-byte block, each carrying its expert's id in its low bits
-// (the rest of a key decides every comparison: keys are distinct without the id), and each
-// expert's position (-1: not listed).
-class KeyBlocks {
- public:
-  KeyBlocks(int E, int id_bits)
-      : id_mask_((uint64_t{1} << id_bits) - 1),
-        blocks_(E / 8 + 2),
-        keys_(new (std::align_val_t{64}) uint64_t[8 * blocks_]),
-        pos_(E, -1) {
-    // Past the end: expert E (not a real one). Never compared (every lane past the listed
-    // experts is masked off), but a defined value.
-    std::fill(keys_.get(), keys_.get() + 8 * blocks_, static_cast<uint64_t>(E));
-  }
-
-  int Pos(int x) const { return pos_[x]; }
-  uint64_t Key(int p) const { return keys_[p]; }
-
-  // The blocks as one pass sees them: plain pointers held in registers. (Through the
-  // members, every store -- which may alias anything -- would make the compiler reload the
-  // pointers, adding a load to each block's dependency chain.)
-  class Pass {
-   public:
-    explicit Pass(KeyBlocks& kb)
-        : keys_(kb.keys_.get()), pos_(kb.pos_.data()), ids_(_mm512_set1_epi64(kb.id_mask_)) {}
-    __m512i Load(int b) const { return _mm512_load_si512(keys_ + 8 * b); }
-    // Stores block b and records where the experts of lanes `moved` now are.
-    void Store(int b, __m512i v, __mmask8 moved) const {
-      _mm512_store_si512(keys_ + 8 * b, v);
-      const __m256i where =
-          _mm256_add_epi32(_mm256_set1_epi32(8 * b), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      _mm512_mask_i64scatter_epi32(pos_, moved, _mm512_and_si512(v, ids_), where, 4);
-    }
-
-   private:
-    uint64_t* keys_;
-    int32_t* pos_;
-    __m512i ids_;
-  };
-
-  // Adds v (mod 2^64) to the key at position p. A whole-block store: a masked one would keep
-  // the next load of this block from being forwarded the stored data.
-  void AddAt(int p, uint64_t v) {
-    uint64_t* blk = keys_.get() + (p & ~7);
-    const __m512i add = _mm512_maskz_set1_epi64(1u << (p & 7), v);
-    _mm512_store_si512(blk, _mm512_add_epi64(_mm512_load_si512(blk), add));
-  }
-
- private:
-  struct AlignedDelete {
-    void operator()(uint64_t* p) const { ::operator delete[](p, std::align_val_t{64}); }
-  };
-
-  uint64_t id_mask_;
-  int blocks_;
-  std::unique_ptr<uint64_t[], AlignedDelete> keys_;
-  std::vector<int32_t> pos_;
-};
-
 // Lane masks of block b for a pass down to position P: lanes above P, lanes above P - 1,
 // the lane of P - 1, and lanes past P. From a table, in mask registers: the masks sit on
 // every access's dependency chain, and a round trip through general registers costs more
@@ -132,44 +73,60 @@ class PrefixMin {
   __m512i excl_;
 };
 
-// ---- SCH -------------------------------------------------------------------------------
-
-// The lazy stack: keys (uses in the look-ahead window) << count_shift | stamp << id_bits | id.
+// The lazy stack: keys in list order, 8 to a 64-byte block, each (uses in the look-ahead
+// window) << count_shift | stamp << id_bits | id. The stamps are distinct, so the id bits
+// never decide a comparison; they carry each key's expert through the shuffles, and the pass
+// records from them where each expert now is.
 class LazyStack {
  public:
   LazyStack(int E, int m, int id_bits)
-      : keys_(E, id_bits),
-        id_bits_(id_bits),
+      : id_bits_(id_bits),
         count_unit_(uint64_t{1} << (64 - std::bit_width(static_cast<unsigned>(m)))),
-        unlisted_(E, 0) {}
+        blocks_(E / 8 + 2),
+        keys_(new (std::align_val_t{64}) uint64_t[8 * blocks_]),
+        pos_(E, -1),
+        unlisted_(E, 0) {
+    // Past the end: expert E (not a real one). Never compared (every lane past the listed
+    // experts is masked off), but a defined value.
+    std::fill(keys_.get(), keys_.get() + 8 * blocks_, static_cast<uint64_t>(E));
+  }
 
-  int Pos(int x) const { return keys_.Pos(x); }
+  int Pos(int x) const { return pos_[x]; }
 
   void AddFuture(int x) {
-    const int p = keys_.Pos(x);
+    const int p = pos_[x];
     if (p < 0) {
       unlisted_[x] += count_unit_;
-    } else {
-      keys_.AddAt(p, count_unit_);
+      return;
     }
+    // A whole-block add: a masked store would keep the next load of this block from being
+    // forwarded the stored data.
+    uint64_t* blk = keys_.get() + (p & ~7);
+    const __m512i one = _mm512_maskz_set1_epi64(1u << (p & 7), count_unit_);
+    _mm512_store_si512(blk, _mm512_add_epi64(_mm512_load_si512(blk), one));
   }
 
   void Access(int x) {
-    const int p = keys_.Pos(x);
+    const int p = pos_[x];
     const int P = p < 0 ? n_ : p;  // positions [0, P) are above x
-    const uint64_t old = p < 0 ? unlisted_[x] : keys_.Key(p);
+    const uint64_t old = p < 0 ? unlisted_[x] : keys_[p];
     // The access leaves the look-ahead window (one use fewer) and is the newest.
     const uint64_t count_mask = ~(count_unit_ - 1);
     const uint64_t xkey = ((old & count_mask) - count_unit_) | ++stamp_ << id_bits_ | x;
+    // Plain pointers held in registers: through the members, every store (which may alias
+    // anything) would make the compiler reload them, a load on each block's chain.
+    uint64_t* const keys = keys_.get();
+    int32_t* const pos = pos_.data();
+    const __m512i ids = _mm512_set1_epi64(static_cast<int64_t>((uint64_t{1} << id_bits_) - 1));
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m512i none = _mm512_set1_epi64(-1);
     __m512i prev = _mm512_set1_epi64(static_cast<int64_t>(xkey));  // what position -1 held
     PrefixMin tail_min;                                            // over the tails
     __mmask8 stay_prev = 0;  // whether the position before this block keeps its element
-    const KeyBlocks::Pass pass(keys_);
     for (int b = 0; 8 * b <= P; ++b) {
       const Lanes l(P, b);
-      const __m512i kv = pass.Load(b);
-      const __m512i next = _mm512_alignr_epi64(pass.Load(b + 1), kv, 1);
+      const __m512i kv = _mm512_load_si512(keys + 8 * b);
+      const __m512i next = _mm512_alignr_epi64(_mm512_load_si512(keys + 8 * b + 8), kv, 1);
       const __mmask8 tails =
           _kor_mask8(_mm512_mask_cmplt_epu64_mask(l.above_last, kv, next), l.last);
       tail_min.Next(_mm512_mask_mov_epi64(none, tails, kv));
@@ -181,16 +138,25 @@ class LazyStack {
       __m512i res = _mm512_alignr_epi64(kv, prev, 7);
       res = _mm512_mask_mov_epi64(res, keep, kv);
       res = _mm512_mask_mov_epi64(res, lands, cur);
-      pass.Store(b, res, _knot_mask8(keep));
+      _mm512_store_si512(keys + 8 * b, res);
+      // Where the experts that moved now are.
+      _mm512_mask_i64scatter_epi32(pos, _knot_mask8(keep), _mm512_and_si512(res, ids),
+                                   _mm256_add_epi32(_mm256_set1_epi32(8 * b), lanes), 4);
       prev = kv;
     }
     if (p < 0) ++n_;
   }
 
  private:
-  KeyBlocks keys_;
+  struct AlignedDelete {
+    void operator()(uint64_t* p) const { ::operator delete[](p, std::align_val_t{64}); }
+  };
+
   int id_bits_;
   uint64_t count_unit_;
+  int blocks_;
+  std::unique_ptr<uint64_t[], AlignedDelete> keys_;
+  std::vector<int32_t> pos_;        // each expert's position, -1: not listed
   std::vector<uint64_t> unlisted_;  // window uses of experts not yet listed, in count units
   int n_ = 0;                       // experts listed
   uint64_t stamp_ = 0;

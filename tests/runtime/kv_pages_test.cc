@@ -105,14 +105,12 @@ TEST(KvRowsTest, HeadsShareThePoolsPages) {
 }
 
 KvCache::Options Shape(kcpu::GgmlType type, const char* policy) {
-  KvCache::Options o;
-  o.n_layer = 2;
-  o.n_ctx = 1024;
-  o.n_head_kv = 2;
-  o.head_dim = 64;
-  o.type = type;
-  o.policy = *ParseKvPolicy(policy);
-  return o;
+  return {.n_layer = 2,
+          .n_ctx = 1024,
+          .n_head_kv = 2,
+          .head_dim = 64,
+          .type = type,
+          .policy = *ParseKvPolicy(policy)};
 }
 
 // Feeds the same random sequence to a compressing cache and to a full one, chunk by chunk
@@ -192,7 +190,9 @@ TEST(KvCachePagesTest, KeptEntriesReadBackAsStored) {
           }
         }
       }
-      if (mikv) EXPECT_GT(n_low, 0) << "no entry was demoted: the low store went untested";
+      if (mikv) {
+        EXPECT_GT(n_low, 0) << "no entry was demoted: the low store went untested";
+      }
     }
   }
 }

@@ -438,12 +438,8 @@ TEST(MoeExecutorTest, NoAllocationsOnceScratchHasGrown) {
 TEST(MoeExecutorTest, AttendAllocatesNothingInDecode) {
   for (const GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kQ8_0}) {
     SCOPED_TRACE(kcpu::GetTypeTraits(type).name);
-    KvCache::Options o;
-    o.n_layer = 2;
-    o.n_ctx = 64;
-    o.n_head_kv = 2;
-    o.head_dim = 64;
-    o.type = type;
+    const KvCache::Options o{
+        .n_layer = 2, .n_ctx = 64, .n_head_kv = 2, .head_dim = 64, .type = type, .policy = {}};
     auto kv = KvCache::Create(o);
     ASSERT_TRUE(kv.ok()) << kv.status();
     std::mt19937_64 rng(9);
